@@ -1,0 +1,18 @@
+//! Types both sides of Iron Cage agree on.
+//!
+//! The daemon (`ironcaged`), the operator CLI (`ironctl`) and the Python module
+//! (`iron_cage`) all link this crate, so a message, an agent name or an amount of
+//! money means exactly the same thing on both ends of a socket.
+//!
+//! - [`protocol`]: the `Request`/`Response` enums of the control socket.
+//! - [`framing`]: length-prefixed frames with a hard maximum, and their codec.
+//! - [`ids`]: validated agent names.
+//! - [`money`]: integer micro-dollars; money is never a float.
+
+pub mod framing;
+pub mod ids;
+pub mod money;
+pub mod protocol;
+
+pub use ids::AgentName;
+pub use money::Micros;

@@ -1,0 +1,516 @@
+//! The control protocol between `ironctl` (or any client) and `ironcaged`.
+//!
+//! Every connection starts with [`Request::Hello`] carrying [`PROTOCOL_VERSION`];
+//! the daemon answers [`Response::Hello`] or, on a version mismatch, an
+//! [`ErrorResponse`] with [`ErrorCode::VersionMismatch`] and closes. After that
+//! each request gets exactly one response, except `AgentLogs { follow: true }`,
+//! which streams `LogLines` until the client hangs up.
+//!
+//! Wire rules (postcard encodes an enum variant by its index):
+//! - variants are only ever **appended**, never reordered or removed;
+//! - `Hello` stays variant 0 of both enums and its payload layout never changes,
+//!   so any two versions can at least tell each other they disagree.
+
+use crate::AgentName;
+use crate::money::Micros;
+use serde::{Deserialize, Serialize};
+
+/// Bumped on any incompatible change of the message set.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A client's request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Must be first on every connection. Frozen layout.
+    Hello(HelloRequest),
+    Ping,
+    DaemonStatus,
+    /// Re-read the configuration file; answered once the new config is applied
+    /// or rejected (synchronous, for `ExecReload=`).
+    Reload,
+    ListAgents,
+    AgentStatus(AgentRef),
+    StartAgent(AgentRef),
+    StopAgent(AgentRef),
+    RestartAgent(AgentRef),
+    KillAgent(KillRequest),
+    AgentLogs(LogsRequest),
+    BudgetShow(BudgetShowRequest),
+    BudgetSet(BudgetSetRequest),
+    BudgetReset(AgentRef),
+    Costs(CostsRequest),
+}
+
+/// The daemon's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// Answer to `Hello`. Frozen layout.
+    Hello(HelloResponse),
+    Error(ErrorResponse),
+    /// A mutation succeeded; the text says what happened.
+    Ok(OkResponse),
+    Pong,
+    DaemonStatus(DaemonStatus),
+    Agents(Vec<AgentInfo>),
+    Agent(AgentInfo),
+    LogLines(Vec<LogLine>),
+    Budgets(Vec<BudgetInfo>),
+    Costs(CostsReport),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloRequest {
+    pub protocol_version: u32,
+    /// Free text identifying the client, e.g. "ironctl 0.1.0".
+    pub client: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloResponse {
+    pub protocol_version: u32,
+    pub daemon_version: String,
+    /// The role this connection was granted.
+    pub role: Role,
+}
+
+/// What a connection may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read state only.
+    Viewer,
+    /// Everything.
+    Admin,
+    /// An agent's own channel: its own budget, its grants; nothing else.
+    Agent,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Admin => "admin",
+            Role::Agent => "agent",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    VersionMismatch,
+    /// The peer's role does not allow the request.
+    PermissionDenied,
+    NotFound,
+    /// The request is well-formed but cannot be applied (bad config, bad state).
+    Invalid,
+    /// The frame could not be decoded.
+    Malformed,
+    Internal,
+    /// The request must be preceded by `Hello`.
+    HelloRequired,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorResponse {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OkResponse {
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRef {
+    pub name: AgentName,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KillRequest {
+    pub name: AgentName,
+    /// Signal number (e.g. 9, 15).
+    pub signal: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogsRequest {
+    pub name: AgentName,
+    /// How many of the most recent lines to send first.
+    pub lines: u32,
+    /// Keep the connection open and stream new lines.
+    pub follow: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub daemon_version: String,
+    pub pid: u32,
+    pub uptime_secs: u64,
+    pub config_path: String,
+    pub socket_path: String,
+    pub state_dir: String,
+    /// Loopback address of the LLM gateway, if it is running.
+    pub gateway_addr: Option<String>,
+    pub agents_total: u32,
+    pub agents_running: u32,
+    /// Unix seconds of the last successful config (re)load.
+    pub config_loaded_at: u64,
+}
+
+/// Lifecycle state of a supervised agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentState {
+    /// Being spawned.
+    Starting,
+    Running,
+    /// SIGTERM sent to its group; SIGKILL follows after the grace period.
+    Stopping,
+    /// Stopped on request (operator, reload, shutdown, budget); not restarted.
+    Stopped,
+    /// Exited on its own and the restart policy does not restart it.
+    Exited,
+    /// Waiting out the restart backoff.
+    Backoff,
+    /// Crash loop: more restarts than allowed within the window. Not restarted
+    /// until an operator starts it.
+    Failed,
+}
+
+impl AgentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Starting => "starting",
+            AgentState::Running => "running",
+            AgentState::Stopping => "stopping",
+            AgentState::Stopped => "stopped",
+            AgentState::Exited => "exited",
+            AgentState::Backoff => "backoff",
+            AgentState::Failed => "failed",
+        }
+    }
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    /// Exit code, when it exited normally.
+    pub code: Option<i32>,
+    /// Signal number, when a signal ended it.
+    pub signal: Option<i32>,
+    /// Unix seconds.
+    pub at: u64,
+}
+
+/// Why an agent was stopped, when it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    Operator,
+    KilledByOperator,
+    Reload,
+    Shutdown,
+    BudgetExhausted,
+    Watchdog,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub name: AgentName,
+    pub state: AgentState,
+    pub pid: Option<u32>,
+    /// Restarts since the daemon started supervising it.
+    pub restarts: u32,
+    /// Seconds the current process has been running.
+    pub uptime_secs: Option<u64>,
+    pub last_exit: Option<ExitInfo>,
+    pub stop_reason: Option<StopReason>,
+    /// `always`, `on-failure` or `never`.
+    pub restart_policy: String,
+    pub command: Vec<String>,
+    /// Seconds until the next restart attempt, in `backoff`.
+    pub next_restart_in_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    pub stream: Stream,
+    pub line: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BudgetShowRequest {
+    /// One agent, or all when `None`.
+    pub name: Option<AgentName>,
+}
+
+/// Budget period; spend resets at UTC boundaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BudgetPeriod {
+    Day,
+    Week,
+    Month,
+    Total,
+}
+
+impl BudgetPeriod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BudgetPeriod::Day => "day",
+            BudgetPeriod::Week => "week",
+            BudgetPeriod::Month => "month",
+            BudgetPeriod::Total => "total",
+        }
+    }
+}
+
+impl std::str::FromStr for BudgetPeriod {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "day" => Ok(BudgetPeriod::Day),
+            "week" => Ok(BudgetPeriod::Week),
+            "month" => Ok(BudgetPeriod::Month),
+            "total" => Ok(BudgetPeriod::Total),
+            other => Err(format!(
+                "unknown budget period {other:?}; use day, week, month or total"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BudgetSetRequest {
+    pub name: AgentName,
+    pub limit: Micros,
+    /// Keep the current period when `None`.
+    pub period: Option<BudgetPeriod>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BudgetInfo {
+    pub name: AgentName,
+    /// `None`: no budget configured (unlimited).
+    pub limit: Option<Micros>,
+    pub period: BudgetPeriod,
+    /// Unix seconds when the current period started / ends (`None` for `total`).
+    pub period_start: u64,
+    pub period_end: Option<u64>,
+    /// Settled, durably recorded spend this period.
+    pub spent: Micros,
+    /// Held by calls in flight (and settles not yet durable).
+    pub reserved: Micros,
+    /// `limit - spent - reserved`, floored at zero; `None` when unlimited.
+    pub remaining: Option<Micros>,
+    pub calls: u64,
+    /// Whether `ironctl budget set` overrides the config.
+    pub overridden: bool,
+    /// Alert thresholds (percent) already fired this period.
+    pub alerts_fired: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CostsBy {
+    Agent,
+    Model,
+    Provider,
+    Tag,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CostsRequest {
+    pub by: CostsBy,
+    /// Unix seconds; all history when `None`.
+    pub since: Option<u64>,
+    pub agent: Option<AgentName>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CostsReport {
+    pub by: CostsBy,
+    pub since: Option<u64>,
+    pub rows: Vec<CostRow>,
+    pub total: Micros,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CostRow {
+    /// The agent name, `provider/model`, provider, or tag (`-` for untagged).
+    pub key: String,
+    pub calls: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub reasoning_tokens: u64,
+    pub cost: Micros,
+    /// Calls whose usage was counted locally, not reported by the provider.
+    pub estimated_calls: u64,
+}
+
+impl From<HelloRequest> for Request {
+    fn from(v: HelloRequest) -> Self {
+        Request::Hello(v)
+    }
+}
+impl From<KillRequest> for Request {
+    fn from(v: KillRequest) -> Self {
+        Request::KillAgent(v)
+    }
+}
+impl From<LogsRequest> for Request {
+    fn from(v: LogsRequest) -> Self {
+        Request::AgentLogs(v)
+    }
+}
+impl From<BudgetSetRequest> for Request {
+    fn from(v: BudgetSetRequest) -> Self {
+        Request::BudgetSet(v)
+    }
+}
+impl From<CostsRequest> for Request {
+    fn from(v: CostsRequest) -> Self {
+        Request::Costs(v)
+    }
+}
+impl From<ErrorResponse> for Response {
+    fn from(v: ErrorResponse) -> Self {
+        Response::Error(v)
+    }
+}
+
+impl Response {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Response::Error(ErrorResponse {
+            code,
+            message: message.into(),
+        })
+    }
+    pub fn ok(message: impl Into<String>) -> Self {
+        Response::Ok(OkResponse {
+            message: message.into(),
+        })
+    }
+}
+
+impl Request {
+    /// Whether the request changes state (and so needs the Admin role).
+    pub fn is_mutation(&self) -> bool {
+        matches!(
+            self,
+            Request::Reload
+                | Request::StartAgent(_)
+                | Request::StopAgent(_)
+                | Request::RestartAgent(_)
+                | Request::KillAgent(_)
+                | Request::BudgetSet(_)
+                | Request::BudgetReset(_)
+        )
+    }
+
+    /// Short name for logs and denial messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Hello(_) => "hello",
+            Request::Ping => "ping",
+            Request::DaemonStatus => "daemon status",
+            Request::Reload => "daemon reload",
+            Request::ListAgents => "agents list",
+            Request::AgentStatus(_) => "agents status",
+            Request::StartAgent(_) => "agents start",
+            Request::StopAgent(_) => "agents stop",
+            Request::RestartAgent(_) => "agents restart",
+            Request::KillAgent(_) => "agents kill",
+            Request::AgentLogs(_) => "agents logs",
+            Request::BudgetShow(_) => "budget show",
+            Request::BudgetSet(_) => "budget set",
+            Request::BudgetReset(_) => "budget reset",
+            Request::Costs(_) => "costs",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::framing;
+
+    #[test]
+    fn hello_is_variant_zero_and_frozen() {
+        let hello = Request::Hello(HelloRequest {
+            protocol_version: 7,
+            client: "x".into(),
+        });
+        let bytes = postcard::to_stdvec(&hello).unwrap();
+        // variant 0, varint 7, string len 1, 'x'
+        assert_eq!(bytes, vec![0, 7, 1, b'x']);
+        let resp = Response::Hello(HelloResponse {
+            protocol_version: 1,
+            daemon_version: "v".into(),
+            role: Role::Viewer,
+        });
+        assert_eq!(postcard::to_stdvec(&resp).unwrap()[0], 0);
+    }
+
+    #[test]
+    fn roundtrip_every_request() {
+        let name = AgentName::new("a").unwrap();
+        let reqs = vec![
+            Request::Ping,
+            Request::ListAgents,
+            Request::KillAgent(KillRequest {
+                name: name.clone(),
+                signal: 9,
+            }),
+            Request::AgentLogs(LogsRequest {
+                name: name.clone(),
+                lines: 10,
+                follow: true,
+            }),
+            Request::BudgetSet(BudgetSetRequest {
+                name: name.clone(),
+                limit: Micros(5),
+                period: Some(BudgetPeriod::Day),
+            }),
+            Request::Costs(CostsRequest {
+                by: CostsBy::Tag,
+                since: None,
+                agent: None,
+            }),
+        ];
+        for r in reqs {
+            let f = framing::encode(&r).unwrap();
+            let back: Request = framing::decode(&f[framing::HEADER_LEN..]).unwrap();
+            assert_eq!(back, r);
+        }
+    }
+
+    #[test]
+    fn invalid_agent_name_on_the_wire_is_rejected() {
+        // A hostile client bypassing AgentName::new still cannot smuggle a path.
+        #[derive(Serialize)]
+        enum Fake {
+            _H(HelloRequest),
+            _P,
+            _D,
+            _R,
+            _L,
+            AgentStatus(String),
+        }
+        let bytes = postcard::to_stdvec(&Fake::AgentStatus("../etc".into())).unwrap();
+        assert!(postcard::from_bytes::<Request>(&bytes).is_err());
+    }
+}
