@@ -1,1 +1,19 @@
+//! `ironcaged`: the Iron Cage daemon as a library, so tests can start it in
+//! process with [`run`] on a temporary state directory and socket.
+//!
+//! Threads: actix actors (supervisor, agents) live on the thread that calls
+//! [`run`]; a two-worker tokio runtime underneath serves the control socket and
+//! the gateway. Actors are reached only through handle types.
 
+pub mod actors;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod logs;
+pub mod notify;
+pub mod registry;
+pub mod util;
+
+mod lifecycle;
+
+pub use lifecycle::{RunOptions, Shutdown, run};

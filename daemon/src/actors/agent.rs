@@ -1,0 +1,528 @@
+//! One supervised agent: its process, its restarts, its stop.
+//!
+//! The process runs in its own process group (so signals reach everything it
+//! started) with a clean environment built here, never the daemon's. Its exit is
+//! observed by a future spawned in this actor's context and delivered back as a
+//! method call, tagged with a generation number so a late exit of an old process
+//! can never be mistaken for the current one.
+
+use crate::config::{AgentSpec, RestartPolicy};
+use crate::logs::AgentLogs;
+use crate::registry::{AgentKeys, StatusBoard};
+use actix::prelude::*;
+use ironcage_shared::protocol::{AgentState, ExitInfo, StopReason, Stream};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use std::collections::VecDeque;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::oneshot;
+
+/// Where agents reach the daemon's gateway, handed to every spawn.
+#[derive(Debug, Clone)]
+pub struct SpawnEnv {
+    /// `http://127.0.0.1:PORT`, or `None` when the gateway is not running.
+    pub gateway_url: Option<String>,
+}
+
+/// Default `PATH` of an agent, unless its config sets one.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Environment variables the daemon sets for every agent; the config may not.
+pub const RESERVED_ENV: &[&str] = &[
+    "IRONCAGE_AGENT",
+    "OPENAI_BASE_URL",
+    "OPENAI_API_BASE",
+    "OPENAI_API_KEY",
+    "ANTHROPIC_BASE_URL",
+    "ANTHROPIC_API_KEY",
+];
+
+#[derive(Debug)]
+enum Phase {
+    /// Not running and not scheduled: stopped, exited or failed.
+    Idle,
+    Running { pid: u32, started: Instant },
+    /// SIGTERM sent; `then_start` restarts it once it exited.
+    Stopping { pid: u32, started: Instant, reason: StopReason, then_start: bool },
+    Backoff { until: Instant, handle: SpawnHandle },
+}
+
+pub struct AgentActor {
+    spec: AgentSpec,
+    env: Arc<SpawnEnv>,
+    keys: Arc<AgentKeys>,
+    board: Arc<StatusBoard>,
+    logs: Arc<AgentLogs>,
+    phase: Phase,
+    /// What operators see while `Idle`.
+    idle_state: AgentState,
+    generation: u64,
+    restarts: u32,
+    /// When recent restarts happened, for the crash-loop limit.
+    restart_times: VecDeque<Instant>,
+    consecutive_failures: u32,
+    last_exit: Option<ExitInfo>,
+    stop_reason: Option<StopReason>,
+    started_wall: Option<SystemTime>,
+    /// An operator sent a terminating signal: its exit is a stop, not a crash.
+    operator_kill: bool,
+    stop_waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl std::fmt::Debug for AgentActor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentActor").field("name", &self.spec.name).field("phase", &self.phase).finish()
+    }
+}
+
+impl AgentActor {
+    pub fn new(
+        spec: AgentSpec,
+        env: Arc<SpawnEnv>,
+        keys: Arc<AgentKeys>,
+        board: Arc<StatusBoard>,
+        logs: Arc<AgentLogs>,
+    ) -> Self {
+        let a = AgentActor {
+            spec,
+            env,
+            keys,
+            board,
+            logs,
+            phase: Phase::Idle,
+            idle_state: AgentState::Stopped,
+            generation: 0,
+            restarts: 0,
+            restart_times: VecDeque::new(),
+            consecutive_failures: 0,
+            last_exit: None,
+            stop_reason: None,
+            started_wall: None,
+            operator_kill: false,
+            stop_waiters: Vec::new(),
+        };
+        a.publish();
+        a
+    }
+
+    fn state(&self) -> AgentState {
+        match self.phase {
+            Phase::Idle => self.idle_state,
+            Phase::Running { .. } => AgentState::Running,
+            Phase::Stopping { .. } => AgentState::Stopping,
+            Phase::Backoff { .. } => AgentState::Backoff,
+        }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        match self.phase {
+            Phase::Running { pid, .. } | Phase::Stopping { pid, .. } => Some(pid),
+            _ => None,
+        }
+    }
+
+    fn publish(&self) {
+        let next_restart = match &self.phase {
+            Phase::Backoff { until, .. } => Some(*until),
+            _ => None,
+        };
+        self.board.update(crate::registry::AgentStatus {
+            name: self.spec.name.clone(),
+            state: self.state(),
+            pid: self.pid(),
+            restarts: self.restarts,
+            started: match self.phase {
+                Phase::Running { .. } | Phase::Stopping { .. } => self.started_wall,
+                _ => None,
+            },
+            last_exit: self.last_exit,
+            stop_reason: self.stop_reason,
+            restart_policy: self.spec.restart.as_str(),
+            command: self.spec.command.clone(),
+            next_restart,
+        });
+    }
+
+    fn note(&self, msg: String) {
+        self.logs.push(Stream::Stderr, format!("[ironcaged] {msg}"));
+    }
+
+    fn build_command(&self, key: &str) -> tokio::process::Command {
+        let spec = &self.spec;
+        let mut cmd = tokio::process::Command::new(&spec.command[0]);
+        cmd.args(&spec.command[1..])
+            .env_clear()
+            .current_dir(&spec.working_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(false);
+        cmd.env("PATH", DEFAULT_PATH)
+            .env("HOME", &spec.working_dir)
+            .env("LANG", "C.UTF-8")
+            .env("PYTHONUNBUFFERED", "1");
+        for k in &spec.inherit_env {
+            if let Some(v) = std::env::var_os(k) {
+                cmd.env(k, v);
+            }
+        }
+        cmd.envs(&spec.env);
+        cmd.env("IRONCAGE_AGENT", spec.name.as_str());
+        if let Some(url) = &self.env.gateway_url {
+            cmd.env("OPENAI_BASE_URL", format!("{url}/v1"))
+                .env("OPENAI_API_BASE", format!("{url}/v1"))
+                .env("ANTHROPIC_BASE_URL", url)
+                .env("OPENAI_API_KEY", key)
+                .env("ANTHROPIC_API_KEY", key);
+        }
+        let parent = std::process::id();
+        // SAFETY: only async-signal-safe calls (prctl, getppid, signal) run
+        // between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Rust ignores SIGPIPE in the daemon; agents get the default back.
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                // If the daemon dies without stopping it, the agent dies too, so a
+                // restarted daemon never runs a second copy.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::getppid() != parent as libc::pid_t {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    fn spawn(&mut self, ctx: &mut Context<Self>) {
+        self.generation += 1;
+        let generation = self.generation;
+        self.operator_kill = false;
+        self.stop_reason = None;
+        let key = self.keys.mint(&self.spec.name);
+        let mut cmd = self.build_command(&key);
+        match cmd.spawn() {
+            Err(e) => {
+                self.keys.revoke(&key);
+                let msg = format!(
+                    "cannot start {:?} in {}: {e}",
+                    self.spec.command[0],
+                    self.spec.working_dir.display()
+                );
+                tracing::error!(agent = %self.spec.name, "{msg}");
+                self.note(msg);
+                self.phase = Phase::Running { pid: 0, started: Instant::now() };
+                // A spawn failure is a failed run: same backoff and crash-loop rules.
+                self.on_exit(generation, ExitInfo { code: Some(127), signal: None, at: crate::util::unix_secs() }, key, ctx);
+            }
+            Ok(mut child) => {
+                let pid = child.id().unwrap_or(0);
+                if let Some(out) = child.stdout.take() {
+                    tokio::spawn(self.logs.clone().capture(out, Stream::Stdout));
+                }
+                if let Some(err) = child.stderr.take() {
+                    tokio::spawn(self.logs.clone().capture(err, Stream::Stderr));
+                }
+                tracing::info!(agent = %self.spec.name, pid, "agent started");
+                self.phase = Phase::Running { pid, started: Instant::now() };
+                self.started_wall = Some(SystemTime::now());
+                self.publish();
+                let wait = async move { child.wait().await };
+                ctx.spawn(wait.into_actor(self).map(move |res, act, ctx| {
+                    let at = crate::util::unix_secs();
+                    let info = match res {
+                        Ok(st) => ExitInfo { code: st.code(), signal: st.signal(), at },
+                        Err(_) => ExitInfo { code: None, signal: None, at },
+                    };
+                    act.on_exit(generation, info, key, ctx);
+                }));
+            }
+        }
+    }
+
+    fn signal_group(&self, pid: u32, sig: Signal) -> nix::Result<()> {
+        if pid == 0 {
+            return Ok(());
+        }
+        killpg(Pid::from_raw(pid as i32), sig)
+    }
+
+    fn on_exit(&mut self, generation: u64, exit: ExitInfo, key: String, ctx: &mut Context<Self>) {
+        self.keys.revoke(&key);
+        if generation != self.generation {
+            return;
+        }
+        let (pid, started) = match self.phase {
+            Phase::Running { pid, started } | Phase::Stopping { pid, started, .. } => (pid, started),
+            _ => return,
+        };
+        // Whatever the leader left behind in its group goes with it.
+        if self.signal_group(pid, Signal::SIGKILL).is_ok() && pid != 0 {
+            tracing::debug!(agent = %self.spec.name, pid, "killed leftover processes of the agent's group");
+        }
+        self.last_exit = Some(exit);
+        let how = match (exit.code, exit.signal) {
+            (Some(c), _) => format!("exited with code {c}"),
+            (_, Some(s)) => format!("killed by signal {s}"),
+            _ => "ended".to_owned(),
+        };
+        tracing::info!(agent = %self.spec.name, pid, "agent {how}");
+
+        if let Phase::Stopping { reason, then_start, .. } = self.phase {
+            self.phase = Phase::Idle;
+            self.idle_state = AgentState::Stopped;
+            self.stop_reason = Some(reason);
+            self.finish_stop();
+            if then_start {
+                self.spawn(ctx);
+            } else {
+                self.publish();
+            }
+            return;
+        }
+        if self.operator_kill {
+            self.phase = Phase::Idle;
+            self.idle_state = AgentState::Stopped;
+            self.stop_reason = Some(StopReason::KilledByOperator);
+            self.publish();
+            return;
+        }
+
+        let failed = exit.code != Some(0);
+        let restart = match self.spec.restart {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => failed,
+            RestartPolicy::Never => false,
+        };
+        self.phase = Phase::Idle;
+        if !restart {
+            self.idle_state = AgentState::Exited;
+            self.publish();
+            return;
+        }
+        let now = Instant::now();
+        // A run that outlived the window was healthy: the backoff starts over.
+        if now.duration_since(started) >= self.spec.restart_window {
+            self.consecutive_failures = 0;
+        }
+        while self
+            .restart_times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.spec.restart_window)
+        {
+            self.restart_times.pop_front();
+        }
+        if self.restart_times.len() >= self.spec.max_restarts as usize {
+            let msg = format!(
+                "crash loop: {} restarts within {}s; not restarting until an operator starts it",
+                self.restart_times.len(),
+                self.spec.restart_window.as_secs()
+            );
+            tracing::error!(agent = %self.spec.name, "{msg}");
+            self.note(msg);
+            self.idle_state = AgentState::Failed;
+            self.publish();
+            return;
+        }
+        let exp = self.consecutive_failures.min(20);
+        let delay = self
+            .spec
+            .backoff_initial
+            .saturating_mul(1u32 << exp)
+            .min(self.spec.backoff_max);
+        self.consecutive_failures += 1;
+        self.restart_times.push_back(now);
+        self.restarts += 1;
+        tracing::info!(agent = %self.spec.name, delay_ms = delay.as_millis() as u64, "restarting after backoff");
+        let generation = self.generation;
+        let handle = ctx.run_later(delay, move |act, ctx| {
+            if act.generation == generation && matches!(act.phase, Phase::Backoff { .. }) {
+                act.spawn(ctx);
+            }
+        });
+        self.phase = Phase::Backoff { until: now + delay, handle };
+        self.publish();
+    }
+
+    fn finish_stop(&mut self) {
+        for w in self.stop_waiters.drain(..) {
+            let _ = w.send(());
+        }
+    }
+
+    /// Begins a stop; returns a receiver resolved once the process is gone.
+    fn begin_stop(&mut self, reason: StopReason, then_start: bool, ctx: &mut Context<Self>) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        match std::mem::replace(&mut self.phase, Phase::Idle) {
+            Phase::Running { pid, started } => {
+                tracing::info!(agent = %self.spec.name, pid, ?reason, "stopping agent");
+                let _ = self.signal_group(pid, Signal::SIGTERM);
+                self.phase = Phase::Stopping { pid, started, reason, then_start };
+                self.stop_waiters.push(tx);
+                let generation = self.generation;
+                ctx.run_later(self.spec.stop_grace, move |act, _| {
+                    if act.generation == generation
+                        && let Phase::Stopping { pid, .. } = act.phase
+                    {
+                        tracing::warn!(agent = %act.spec.name, pid, "grace period over; sending SIGKILL to the group");
+                        act.note("did not stop within its grace period; killed".into());
+                        let _ = act.signal_group(pid, Signal::SIGKILL);
+                    }
+                });
+            }
+            Phase::Stopping { pid, started, reason: r, then_start: t } => {
+                self.phase = Phase::Stopping { pid, started, reason: r, then_start: t || then_start };
+                self.stop_waiters.push(tx);
+            }
+            Phase::Backoff { handle, .. } => {
+                ctx.cancel_future(handle);
+                self.idle_state = AgentState::Stopped;
+                self.stop_reason = Some(reason);
+                let _ = tx.send(());
+                if then_start {
+                    self.spawn(ctx);
+                }
+            }
+            Phase::Idle => {
+                if !matches!(self.idle_state, AgentState::Stopped) || then_start {
+                    self.stop_reason = Some(reason);
+                }
+                if self.idle_state != AgentState::Failed && self.idle_state != AgentState::Exited {
+                    self.idle_state = AgentState::Stopped;
+                }
+                let _ = tx.send(());
+                if then_start {
+                    self.reset_crash_counters();
+                    self.spawn(ctx);
+                }
+            }
+        }
+        self.publish();
+        rx
+    }
+
+    fn reset_crash_counters(&mut self) {
+        self.restart_times.clear();
+        self.consecutive_failures = 0;
+    }
+}
+
+impl Actor for AgentActor {
+    type Context = Context<Self>;
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.board.remove(&self.spec.name);
+    }
+}
+
+/// Start the agent if it is not running.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<String, String>")]
+pub struct Start;
+
+impl Handler<Start> for AgentActor {
+    type Result = Result<String, String>;
+    fn handle(&mut self, _: Start, ctx: &mut Context<Self>) -> Self::Result {
+        match &self.phase {
+            Phase::Running { pid, .. } => Err(format!("agent {} is already running (pid {pid})", self.spec.name)),
+            Phase::Stopping { .. } => Err(format!("agent {} is stopping; try again once it stopped", self.spec.name)),
+            Phase::Backoff { .. } | Phase::Idle => {
+                if let Phase::Backoff { handle, .. } = std::mem::replace(&mut self.phase, Phase::Idle) {
+                    ctx.cancel_future(handle);
+                }
+                self.reset_crash_counters();
+                self.spawn(ctx);
+                Ok(match self.pid() {
+                    Some(pid) => format!("agent {} started (pid {pid})", self.spec.name),
+                    None => format!("agent {} could not be started; see `ironctl agents logs {}`", self.spec.name, self.spec.name),
+                })
+            }
+        }
+    }
+}
+
+/// Stop the agent (SIGTERM, then SIGKILL after the grace period); resolves once
+/// the process is gone.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Stop {
+    pub reason: StopReason,
+    pub then_start: bool,
+}
+
+impl Handler<Stop> for AgentActor {
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, m: Stop, ctx: &mut Context<Self>) -> Self::Result {
+        let rx = self.begin_stop(m.reason, m.then_start, ctx);
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}
+
+/// Send a signal to the agent's process group.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<String, String>")]
+pub struct Kill {
+    pub signal: i32,
+}
+
+impl Handler<Kill> for AgentActor {
+    type Result = Result<String, String>;
+    fn handle(&mut self, m: Kill, _: &mut Context<Self>) -> Self::Result {
+        let sig = Signal::try_from(m.signal).map_err(|_| format!("{} is not a signal number", m.signal))?;
+        let pid = self.pid().ok_or_else(|| format!("agent {} is not running ({})", self.spec.name, self.state().as_str()))?;
+        if matches!(sig, Signal::SIGKILL | Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT) {
+            self.operator_kill = true;
+        }
+        self.signal_group(pid, sig).map_err(|e| format!("cannot signal agent {}: {e}", self.spec.name))?;
+        tracing::info!(agent = %self.spec.name, pid, signal = %sig, "operator signalled agent");
+        Ok(format!("sent {sig} to agent {} (process group {pid})", self.spec.name))
+    }
+}
+
+/// Replace the spec (config reload): a running agent restarts with the new one.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct UpdateSpec(pub AgentSpec);
+
+impl Handler<UpdateSpec> for AgentActor {
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, m: UpdateSpec, ctx: &mut Context<Self>) -> Self::Result {
+        let was_active = matches!(self.phase, Phase::Running { .. } | Phase::Backoff { .. } | Phase::Stopping { .. });
+        let autostart = m.0.autostart;
+        self.spec = m.0;
+        let rx = if was_active || (autostart && self.idle_state != AgentState::Stopped) {
+            self.begin_stop(StopReason::Reload, true, ctx)
+        } else {
+            self.publish();
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(());
+            rx
+        };
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}
+
+/// Stop the actor itself (the agent was removed from the config).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Terminate;
+
+impl Handler<Terminate> for AgentActor {
+    type Result = ();
+    fn handle(&mut self, _: Terminate, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+/// Grace used by tests and shutdown: how long a stop may take at most.
+pub fn max_stop_time(spec: &AgentSpec) -> Duration {
+    spec.stop_grace + Duration::from_secs(5)
+}

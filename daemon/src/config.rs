@@ -1,0 +1,743 @@
+//! The daemon's TOML configuration: parsing, validation, and errors that point at
+//! the file, line and key to fix.
+//!
+//! Parsing happens in two steps. [`raw`] mirrors the file (serde, unknown keys
+//! refused) and keeps spans for values that need checks serde cannot express;
+//! [`Config::from_str`] validates and produces the plain, typed [`Config`] the rest
+//! of the daemon uses. A config that fails validation is never partially applied.
+
+use ironcage_shared::money::Micros;
+use ironcage_shared::protocol::BudgetPeriod;
+use ironcage_shared::AgentName;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_SOCKET: &str = "/run/ironcage/ironcaged.sock";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/ironcage";
+pub const DEFAULT_CONFIG: &str = "/etc/ironcage/ironcaged.toml";
+
+/// A configuration error, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line and column, when the error has a position.
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    /// Dotted key path such as `agent[2].restart`, when known.
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(l) = self.line {
+            write!(f, ":{l}")?;
+            if let Some(c) = self.column {
+                write!(f, ":{c}")?;
+            }
+        }
+        if let Some(k) = &self.key {
+            write!(f, ": key `{k}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// When to restart an agent whose process exited on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+impl RestartPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPolicy::Always => "always",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Never => "never",
+        }
+    }
+}
+
+/// What happens when an agent's budget cannot pay for a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnExhausted {
+    /// Refuse the call with HTTP 402; the agent keeps running.
+    Refuse,
+    /// Refuse the call and stop the agent.
+    Stop,
+}
+
+/// One identity allowed on the control socket.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Principal {
+    Uid(u32),
+    User(String),
+    Group(String),
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Principal::Uid(u) => write!(f, "uid:{u}"),
+            Principal::User(u) => write!(f, "user:{u}"),
+            Principal::Group(g) => write!(f, "group:{g}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Principal {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a principal; write uid:N, user:NAME or group:NAME");
+        let (kind, val) = s.split_once(':').ok_or_else(bad)?;
+        if val.is_empty() {
+            return Err(bad());
+        }
+        match kind {
+            "uid" => val.parse().map(Principal::Uid).map_err(|_| bad()),
+            "user" => Ok(Principal::User(val.to_owned())),
+            "group" => Ok(Principal::Group(val.to_owned())),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// Who may use the control socket, and how.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Access {
+    pub admins: Vec<Principal>,
+    pub viewers: Vec<Principal>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonSection {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    /// Group that owns the socket file (mode 0660), if set.
+    pub socket_group: Option<String>,
+}
+
+/// One supervised agent, fully validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentSpec {
+    pub name: AgentName,
+    /// argv; `command[0]` is looked up in the agent's `PATH`.
+    pub command: Vec<String>,
+    pub working_dir: PathBuf,
+    /// Extra environment on top of the clean base environment.
+    pub env: BTreeMap<String, String>,
+    /// Names of daemon environment variables passed through unchanged.
+    pub inherit_env: Vec<String>,
+    pub restart: RestartPolicy,
+    pub stop_grace: Duration,
+    /// Crash-loop limit: more than `max_restarts` restarts within
+    /// `restart_window` puts the agent in `failed`.
+    pub max_restarts: u32,
+    pub restart_window: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// Start when the daemon starts (otherwise only on `ironctl agents start`).
+    pub autostart: bool,
+    pub budget: Option<BudgetSpec>,
+    /// Providers this agent may use, by name; empty = all.
+    pub providers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetSpec {
+    pub limit: Micros,
+    pub period: BudgetPeriod,
+    pub on_exhausted: OnExhausted,
+    /// Worst case reserved for a call that names no `max_tokens`.
+    pub max_cost_per_call: Option<Micros>,
+}
+
+/// Which wire API a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProviderKind {
+    OpenAi,
+    Anthropic,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi => "openai",
+            ProviderKind::Anthropic => "anthropic",
+        }
+    }
+}
+
+/// An upstream LLM provider.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProviderSpec {
+    pub name: String,
+    pub kind: ProviderKind,
+    /// e.g. `https://api.openai.com` (paths such as `/v1/chat/completions` are appended).
+    pub base_url: String,
+    /// Daemon environment variable holding the real API key.
+    pub api_key_env: Option<String>,
+}
+
+impl fmt::Debug for ProviderSpec {
+    // Holds no secret itself (only the variable's name), but keep it explicit.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProviderSpec")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("base_url", &self.base_url)
+            .field("api_key_env", &self.api_key_env)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewaySection {
+    /// Loopback address; port 0 picks a free port at start.
+    pub listen: SocketAddr,
+    /// Proxy paths other than the metered APIs, unmetered.
+    pub allow_unmetered_paths: bool,
+    /// `max_tokens` assumed for the worst case when a request gives none and the
+    /// agent has no per-call cap.
+    pub default_max_tokens: u64,
+    /// A LiteLLM-format price file replacing the built-in table.
+    pub price_file: Option<PathBuf>,
+    /// LiteLLM-format entries merged over the table (JSON text).
+    pub price_overrides: Option<String>,
+    /// Upstream timeout for the response headers.
+    pub upstream_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetSection {
+    /// Percent thresholds that raise an alert, each once per period.
+    pub alert_thresholds: Vec<u32>,
+    /// argv run with the alert as JSON on stdin.
+    pub alert_command: Option<Vec<String>>,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub path: PathBuf,
+    pub daemon: DaemonSection,
+    pub access: Access,
+    pub gateway: GatewaySection,
+    pub budget: BudgetSection,
+    pub providers: Vec<ProviderSpec>,
+    pub agents: Vec<AgentSpec>,
+}
+
+mod raw {
+    use serde::Deserialize;
+    use std::collections::BTreeMap;
+    use toml::Spanned;
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct File {
+        #[serde(default)]
+        pub daemon: Daemon,
+        #[serde(default)]
+        pub access: Access,
+        #[serde(default)]
+        pub gateway: Gateway,
+        #[serde(default)]
+        pub budget: Budget,
+        #[serde(default)]
+        pub provider: Vec<Provider>,
+        #[serde(default)]
+        pub agent: Vec<Agent>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Daemon {
+        pub socket: Option<String>,
+        pub state_dir: Option<String>,
+        pub socket_group: Option<String>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Access {
+        #[serde(default)]
+        pub admins: Vec<Spanned<String>>,
+        #[serde(default)]
+        pub viewers: Vec<Spanned<String>>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Gateway {
+        pub listen: Option<Spanned<String>>,
+        pub allow_unmetered_paths: Option<bool>,
+        pub default_max_tokens: Option<u64>,
+        pub price_file: Option<String>,
+        pub prices: Option<toml::Table>,
+        pub upstream_timeout_secs: Option<u64>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Budget {
+        pub alert_thresholds: Option<Spanned<Vec<u32>>>,
+        pub alert_command: Option<Spanned<Vec<String>>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Provider {
+        pub name: Spanned<String>,
+        pub kind: Kind,
+        pub base_url: Spanned<String>,
+        pub api_key_env: Option<String>,
+    }
+
+    #[derive(Deserialize, Clone, Copy)]
+    #[serde(rename_all = "lowercase")]
+    pub enum Kind {
+        Openai,
+        Anthropic,
+    }
+
+    #[derive(Deserialize, Clone, Copy)]
+    #[serde(rename_all = "kebab-case")]
+    pub enum Restart {
+        Always,
+        OnFailure,
+        Never,
+    }
+
+    #[derive(Deserialize, Clone, Copy)]
+    #[serde(rename_all = "lowercase")]
+    pub enum OnExhausted {
+        Refuse,
+        Stop,
+    }
+
+    #[derive(Deserialize, Clone, Copy)]
+    #[serde(rename_all = "lowercase")]
+    pub enum Period {
+        Day,
+        Week,
+        Month,
+        Total,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Agent {
+        pub name: Spanned<ironcage_shared::AgentName>,
+        pub command: Spanned<Vec<String>>,
+        pub working_dir: Option<Spanned<String>>,
+        #[serde(default)]
+        pub env: BTreeMap<String, String>,
+        #[serde(default)]
+        pub inherit_env: Vec<String>,
+        pub restart: Option<Restart>,
+        pub stop_grace_secs: Option<f64>,
+        pub max_restarts: Option<u32>,
+        pub restart_window_secs: Option<u64>,
+        pub backoff_initial_ms: Option<u64>,
+        pub backoff_max_secs: Option<u64>,
+        pub autostart: Option<bool>,
+        pub budget_usd: Option<Spanned<f64>>,
+        pub budget_period: Option<Period>,
+        pub on_exhausted: Option<OnExhausted>,
+        pub max_cost_per_call_usd: Option<Spanned<f64>>,
+        #[serde(default)]
+        pub providers: Vec<String>,
+    }
+}
+
+/// Turns a byte offset into 1-based (line, column).
+fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let before = &src[..offset.min(src.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    (line, col)
+}
+
+/// The dotted key at `offset`: the enclosing `[table]`/`[[array]]` header (with an
+/// index for arrays of tables) and the `key =` on that line.
+fn key_at(src: &str, offset: usize) -> Option<String> {
+    let mut table = String::new();
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut line_start = 0;
+    for line in src.split_inclusive('\n') {
+        let end = line_start + line.len();
+        let t = line.trim();
+        if let Some(h) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let h = h.trim().to_owned();
+            let n = counts.entry(h.clone()).or_insert(0);
+            table = format!("{h}[{n}]");
+            *n += 1;
+        } else if let Some(h) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            table = h.trim().to_owned();
+        }
+        if offset < end {
+            let key = t.split_once('=').map(|(k, _)| k.trim().trim_matches('"').to_owned());
+            return match (table.is_empty(), key) {
+                (_, None) if !table.is_empty() => Some(table),
+                (true, k) => k,
+                (false, Some(k)) => Some(format!("{table}.{k}")),
+                (false, None) => None,
+            };
+        }
+        line_start = end;
+    }
+    None
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    src: &'a str,
+}
+
+impl Ctx<'_> {
+    fn at(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> ConfigError {
+        let (line, col) = line_col(self.src, span.start);
+        ConfigError {
+            file: self.file.to_owned(),
+            line: Some(line),
+            column: Some(col),
+            key: key_at(self.src, span.start),
+            message: message.into(),
+        }
+    }
+    fn plain(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_owned(),
+            line: None,
+            column: None,
+            key: Some(key.to_owned()),
+            message: message.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            line: None,
+            column: None,
+            key: None,
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        Config::parse(path, &src)
+    }
+
+    /// Validates `src` as if read from `path` (used in errors and to resolve
+    /// relative paths).
+    pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigError> {
+        let cx = Ctx { file: path, src };
+        let raw: raw::File = toml::from_str(src).map_err(|e| {
+            let (line, column, key) = match e.span() {
+                Some(s) => {
+                    let (l, c) = line_col(src, s.start);
+                    (Some(l), Some(c), key_at(src, s.start))
+                }
+                None => (None, None, None),
+            };
+            ConfigError {
+                file: path.to_owned(),
+                line,
+                column,
+                key,
+                message: e.message().trim().to_owned(),
+            }
+        })?;
+        let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+
+        let daemon = DaemonSection {
+            socket: raw.daemon.socket.map_or_else(|| PathBuf::from(DEFAULT_SOCKET), PathBuf::from),
+            state_dir: raw
+                .daemon
+                .state_dir
+                .map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), PathBuf::from),
+            socket_group: raw.daemon.socket_group,
+        };
+
+        let principals = |list: Vec<toml::Spanned<String>>| -> Result<Vec<Principal>, ConfigError> {
+            list.into_iter()
+                .map(|s| {
+                    let span = s.span();
+                    s.into_inner().parse::<Principal>().map_err(|m| cx.at(span, m))
+                })
+                .collect()
+        };
+        let access = Access {
+            admins: principals(raw.access.admins)?,
+            viewers: principals(raw.access.viewers)?,
+        };
+
+        let listen = match raw.gateway.listen {
+            None => SocketAddr::from(([127, 0, 0, 1], 0)),
+            Some(s) => {
+                let span = s.span();
+                let addr: SocketAddr = s.get_ref().parse().map_err(|_| {
+                    cx.at(span.clone(), format!("{:?} is not an address like 127.0.0.1:8080", s.get_ref()))
+                })?;
+                if !addr.ip().is_loopback() {
+                    return Err(cx.at(
+                        span,
+                        format!(
+                            "the gateway must listen on a loopback address (127.0.0.1 or ::1), not {}",
+                            addr.ip()
+                        ),
+                    ));
+                }
+                addr
+            }
+        };
+        let price_overrides = match raw.gateway.prices {
+            None => None,
+            Some(t) => Some(serde_json::to_string(&t).map_err(|e| {
+                cx.plain("gateway.prices", format!("cannot convert price overrides: {e}"))
+            })?),
+        };
+        let gateway = GatewaySection {
+            listen,
+            allow_unmetered_paths: raw.gateway.allow_unmetered_paths.unwrap_or(false),
+            default_max_tokens: raw.gateway.default_max_tokens.unwrap_or(4096),
+            price_file: raw.gateway.price_file.map(|p| base_dir.join(p)),
+            price_overrides,
+            upstream_timeout: Duration::from_secs(raw.gateway.upstream_timeout_secs.unwrap_or(600)),
+        };
+
+        let budget = BudgetSection {
+            alert_thresholds: match raw.budget.alert_thresholds {
+                None => vec![50, 80, 100],
+                Some(t) => {
+                    let span = t.span();
+                    let mut v = t.into_inner();
+                    if let Some(bad) = v.iter().find(|p| **p == 0 || **p > 100) {
+                        return Err(cx.at(span, format!("threshold {bad} is not a percentage between 1 and 100")));
+                    }
+                    v.sort_unstable();
+                    v.dedup();
+                    v
+                }
+            },
+            alert_command: match raw.budget.alert_command {
+                None => None,
+                Some(c) if c.get_ref().is_empty() => {
+                    return Err(cx.at(c.span(), "alert_command is empty; give an argv array such as [\"/usr/local/bin/notify\"]"));
+                }
+                Some(c) => Some(c.into_inner()),
+            },
+        };
+
+        let mut providers: Vec<ProviderSpec> = Vec::new();
+        for p in raw.provider {
+            let span = p.name.span();
+            let name = p.name.into_inner();
+            if name.is_empty() || name.contains('/') {
+                return Err(cx.at(span, format!("provider name {name:?} must be non-empty and contain no '/'")));
+            }
+            if providers.iter().any(|q| q.name == name) {
+                return Err(cx.at(span, format!("provider {name:?} is defined twice")));
+            }
+            let url_span = p.base_url.span();
+            let base_url = p.base_url.into_inner().trim_end_matches('/').to_owned();
+            if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+                return Err(cx.at(url_span, format!("base_url {base_url:?} must start with http:// or https://")));
+            }
+            providers.push(ProviderSpec {
+                name,
+                kind: match p.kind {
+                    raw::Kind::Openai => ProviderKind::OpenAi,
+                    raw::Kind::Anthropic => ProviderKind::Anthropic,
+                },
+                base_url,
+                api_key_env: p.api_key_env,
+            });
+        }
+
+        let mut agents: Vec<AgentSpec> = Vec::new();
+        for a in raw.agent {
+            let name_span = a.name.span();
+            let name = a.name.into_inner();
+            if agents.iter().any(|b| b.name == name) {
+                return Err(cx.at(name_span, format!("agent {name} is defined twice")));
+            }
+            let cmd_span = a.command.span();
+            let command = a.command.into_inner();
+            if command.is_empty() || command[0].is_empty() {
+                return Err(cx.at(cmd_span, "command is empty; give an argv array such as [\"python3\", \"agent.py\"]"));
+            }
+            let working_dir = match a.working_dir {
+                None => base_dir.clone(),
+                Some(w) => {
+                    let p = base_dir.join(w.get_ref());
+                    if !p.is_dir() {
+                        return Err(cx.at(w.span(), format!("working_dir {} is not a directory", p.display())));
+                    }
+                    p
+                }
+            };
+            for k in a.env.keys().chain(a.inherit_env.iter()) {
+                if k.is_empty() || k.contains('=') || k.contains('\0') {
+                    return Err(cx.plain(&format!("agent[{}].env", agents.len()), format!("{k:?} is not a valid environment variable name")));
+                }
+            }
+            let grace = a.stop_grace_secs.unwrap_or(10.0);
+            if !(0.0..=3600.0).contains(&grace) {
+                return Err(cx.plain(&format!("agent[{}].stop_grace_secs", agents.len()), "must be between 0 and 3600 seconds"));
+            }
+            let money = |v: Option<toml::Spanned<f64>>| -> Result<Option<Micros>, ConfigError> {
+                match v {
+                    None => Ok(None),
+                    Some(s) => Micros::from_usd_f64(*s.get_ref())
+                        .map(Some)
+                        .map_err(|e| cx.at(s.span(), e.to_string())),
+                }
+            };
+            let limit = money(a.budget_usd)?;
+            let cap = money(a.max_cost_per_call_usd)?;
+            let budget = limit.map(|limit| BudgetSpec {
+                limit,
+                period: match a.budget_period.unwrap_or(raw::Period::Day) {
+                    raw::Period::Day => BudgetPeriod::Day,
+                    raw::Period::Week => BudgetPeriod::Week,
+                    raw::Period::Month => BudgetPeriod::Month,
+                    raw::Period::Total => BudgetPeriod::Total,
+                },
+                on_exhausted: match a.on_exhausted.unwrap_or(raw::OnExhausted::Refuse) {
+                    raw::OnExhausted::Refuse => OnExhausted::Refuse,
+                    raw::OnExhausted::Stop => OnExhausted::Stop,
+                },
+                max_cost_per_call: cap,
+            });
+            for p in &a.providers {
+                if !providers.iter().any(|q| &q.name == p) {
+                    return Err(cx.plain(
+                        &format!("agent[{}].providers", agents.len()),
+                        format!("unknown provider {p:?}; define it in a [[provider]] table"),
+                    ));
+                }
+            }
+            let backoff_initial = Duration::from_millis(a.backoff_initial_ms.unwrap_or(500).max(1));
+            let backoff_max = Duration::from_secs(a.backoff_max_secs.unwrap_or(60)).max(backoff_initial);
+            agents.push(AgentSpec {
+                name,
+                command,
+                working_dir,
+                env: a.env,
+                inherit_env: a.inherit_env,
+                restart: match a.restart.unwrap_or(raw::Restart::OnFailure) {
+                    raw::Restart::Always => RestartPolicy::Always,
+                    raw::Restart::OnFailure => RestartPolicy::OnFailure,
+                    raw::Restart::Never => RestartPolicy::Never,
+                },
+                stop_grace: Duration::from_secs_f64(grace),
+                max_restarts: a.max_restarts.unwrap_or(5),
+                restart_window: Duration::from_secs(a.restart_window_secs.unwrap_or(60).max(1)),
+                backoff_initial,
+                backoff_max,
+                autostart: a.autostart.unwrap_or(true),
+                budget,
+                providers: a.providers,
+            });
+        }
+
+        Ok(Config {
+            path: path.to_owned(),
+            daemon,
+            access,
+            gateway,
+            budget,
+            providers,
+            agents,
+        })
+    }
+
+    pub fn agent(&self, name: &AgentName) -> Option<&AgentSpec> {
+        self.agents.iter().find(|a| &a.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(src: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/ironcage/test.toml"), src)
+    }
+
+    #[test]
+    fn minimal_and_defaults() {
+        let c = parse("[[agent]]\nname = \"a\"\ncommand = [\"sleep\", \"1\"]\n").unwrap();
+        assert_eq!(c.daemon.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(c.agents[0].restart, RestartPolicy::OnFailure);
+        assert_eq!(c.agents[0].stop_grace, Duration::from_secs(10));
+        assert_eq!(c.budget.alert_thresholds, vec![50, 80, 100]);
+        assert!(c.gateway.listen.ip().is_loopback());
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let e = parse("[daemon]\nsocket = \"/x\"\n\n[[agent]]\nname = \"a\"\ncommand = [\"x\"]\nrestrat = \"always\"\n")
+            .unwrap_err();
+        assert_eq!(e.line, Some(7), "{e}");
+        assert_eq!(e.key.as_deref(), Some("agent[0].restrat"), "{e}");
+        assert!(e.to_string().starts_with("/etc/ironcage/test.toml:7:"), "{e}");
+        assert!(e.message.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn bad_enum_and_type() {
+        let e = parse("[[agent]]\nname = \"a\"\ncommand = [\"x\"]\n[[agent]]\nname = \"b\"\ncommand = [\"x\"]\nrestart = \"sometimes\"\n")
+            .unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(7), Some("agent[1].restart")), "{e}");
+        let e = parse("[[agent]]\nname = \"a\"\ncommand = \"x\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("agent[0].command")), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_are_located() {
+        let e = parse("[[agent]]\nname = \"a\"\ncommand = []\n").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.message.contains("command is empty"), "{e}");
+        let e = parse("[[agent]]\nname = \"a\"\ncommand = [\"x\"]\n[[agent]]\nname = \"a\"\ncommand = [\"y\"]\n").unwrap_err();
+        assert_eq!(e.line, Some(5), "{e}");
+        assert!(e.message.contains("defined twice"), "{e}");
+        let e = parse("[[agent]]\nname = \"../etc\"\ncommand = [\"x\"]\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        let e = parse("[access]\nadmins = [\"uid:0\", \"wheel\"]\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("access.admins")), "{e}");
+        let e = parse("[gateway]\nlisten = \"0.0.0.0:80\"\n").unwrap_err();
+        assert!(e.message.contains("loopback"), "{e}");
+        let e = parse("[[agent]]\nname = \"a\"\ncommand = [\"x\"]\nbudget_usd = -3.0\n").unwrap_err();
+        assert_eq!(e.line, Some(4), "{e}");
+    }
+
+    #[test]
+    fn principals() {
+        assert_eq!("uid:5".parse::<Principal>(), Ok(Principal::Uid(5)));
+        assert_eq!("group:ops".parse::<Principal>(), Ok(Principal::Group("ops".into())));
+        assert!("uid:x".parse::<Principal>().is_err());
+        assert!("user:".parse::<Principal>().is_err());
+    }
+
+    #[test]
+    fn budget_is_exact() {
+        let c = parse("[[agent]]\nname = \"a\"\ncommand = [\"x\"]\nbudget_usd = 0.1\nbudget_period = \"week\"\non_exhausted = \"stop\"\n").unwrap();
+        let b = c.agents[0].budget.unwrap();
+        assert_eq!(b.limit, Micros(100_000));
+        assert_eq!(b.period, BudgetPeriod::Week);
+        assert_eq!(b.on_exhausted, OnExhausted::Stop);
+    }
+}

@@ -1,0 +1,26 @@
+//! One file per request family; [`handle`] routes a request to its handler.
+
+pub mod agents;
+pub mod daemon;
+
+use crate::daemon::Daemon;
+use ironcage_shared::protocol::{ErrorCode, Request, Response};
+
+pub async fn handle(d: &Daemon, req: Request) -> Response {
+    match req {
+        Request::Hello(_) => Response::error(ErrorCode::Invalid, "Hello was already exchanged"),
+        Request::Ping => Response::Pong,
+        Request::DaemonStatus => daemon::status(d),
+        Request::Reload => daemon::reload(d).await,
+        Request::ListAgents => agents::list(d),
+        Request::AgentStatus(r) => agents::status(d, &r.name),
+        Request::StartAgent(r) => agents::start(d, &r.name).await,
+        Request::StopAgent(r) => agents::stop(d, &r.name).await,
+        Request::RestartAgent(r) => agents::restart(d, &r.name).await,
+        Request::KillAgent(k) => agents::kill(d, &k.name, k.signal).await,
+        Request::AgentLogs(l) => agents::logs(d, &l).await,
+        Request::BudgetShow(_) | Request::BudgetSet(_) | Request::BudgetReset(_) | Request::Costs(_) => {
+            Response::error(ErrorCode::Invalid, "the budget ledger is not part of this build")
+        }
+    }
+}

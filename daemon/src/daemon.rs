@@ -1,0 +1,92 @@
+//! The running daemon's shared context: what every request handler can reach.
+
+use crate::actors::SupervisorHandle;
+use crate::actors::supervisor::ReloadSummary;
+use crate::config::Config;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+/// Paths fixed for the daemon's lifetime (flags and env win over the file, and a
+/// reload never moves them).
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug)]
+pub struct Daemon {
+    pub paths: Paths,
+    pub supervisor: SupervisorHandle,
+    config: RwLock<Arc<Config>>,
+    config_loaded_at: RwLock<u64>,
+    pub started: Instant,
+    pub gateway_addr: Option<SocketAddr>,
+    pub daemon_uid: u32,
+    /// Serializes reloads (SIGHUP and `ironctl daemon reload` may race).
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+impl Daemon {
+    pub fn new(
+        paths: Paths,
+        config: Config,
+        supervisor: SupervisorHandle,
+        gateway_addr: Option<SocketAddr>,
+    ) -> Self {
+        Daemon {
+            paths,
+            supervisor,
+            config: RwLock::new(Arc::new(config)),
+            config_loaded_at: RwLock::new(crate::util::unix_secs()),
+            started: Instant::now(),
+            gateway_addr,
+            daemon_uid: nix::unistd::geteuid().as_raw(),
+            reload_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().expect("config lock").clone()
+    }
+
+    pub fn config_loaded_at(&self) -> u64 {
+        *self.config_loaded_at.read().expect("config lock")
+    }
+
+    /// Loads the config with the daemon's fixed paths applied.
+    pub fn load_config(paths: &Paths) -> Result<Config, crate::config::ConfigError> {
+        let mut c = Config::load(&paths.config)?;
+        c.daemon.socket = paths.socket.clone();
+        c.daemon.state_dir = paths.state_dir.clone();
+        Ok(c)
+    }
+
+    /// Re-reads the config file and applies it. An invalid file changes nothing.
+    pub async fn reload(&self) -> Result<ReloadSummary, String> {
+        let _guard = self.reload_lock.lock().await;
+        crate::notify::reloading();
+        let result = self.reload_locked().await;
+        crate::notify::notify("READY=1");
+        match &result {
+            Ok(s) => tracing::info!("configuration reloaded: {s}"),
+            Err(e) => tracing::error!("configuration reload rejected; the running configuration stays: {e}"),
+        }
+        result
+    }
+
+    async fn reload_locked(&self) -> Result<ReloadSummary, String> {
+        let new = Self::load_config(&self.paths).map_err(|e| e.to_string())?;
+        let old = self.config();
+        if new.gateway.listen != old.gateway.listen {
+            tracing::warn!("gateway.listen changed; it takes effect at the next daemon restart");
+        }
+        let summary = self.supervisor.apply(new.agents.clone()).await.map_err(|e| e.to_string())?;
+        *self.config.write().expect("config lock") = Arc::new(new);
+        *self.config_loaded_at.write().expect("config lock") = crate::util::unix_secs();
+        Ok(summary)
+    }
+}

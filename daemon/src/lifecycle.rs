@@ -1,0 +1,227 @@
+//! Start-up, signals and shutdown of the daemon.
+//!
+//! Start: validate the config, take the state-dir and socket locks (a second
+//! daemon refuses with a clear message), remove a stale socket left by a crash,
+//! bind, start the actors and agents, then tell systemd `READY=1`.
+//! Shutdown (SIGTERM, SIGINT or [`Shutdown::trigger`]): `STOPPING=1`, stop
+//! accepting, stop every agent gracefully, remove the socket, exit 0.
+
+use crate::actors::SupervisorHandle;
+use crate::actors::agent::SpawnEnv;
+use crate::config::ConfigError;
+use crate::daemon::{Daemon, Paths};
+use crate::registry::AgentKeys;
+use anyhow::{Context as _, bail};
+use ironcage_shared::protocol::StopReason;
+use nix::fcntl::{Flock, FlockArg};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+/// How to start the daemon.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub config: PathBuf,
+    /// Overrides `[daemon] socket` (flag or `IRONCAGE_SOCKET`).
+    pub socket: Option<PathBuf>,
+    /// Overrides `[daemon] state_dir` (flag or `IRONCAGE_STATE_DIR`).
+    pub state_dir: Option<PathBuf>,
+    /// Listen for SIGTERM/SIGINT/SIGHUP (the binary does; in-process tests don't).
+    pub handle_signals: bool,
+}
+
+/// Stops a running daemon from another thread (tests, embedding).
+#[derive(Debug, Clone)]
+pub struct Shutdown(watch::Sender<bool>);
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown(watch::channel(false).0)
+    }
+}
+
+impl Shutdown {
+    pub fn trigger(&self) {
+        self.0.send_replace(true);
+    }
+    fn subscribe(&self) -> watch::Receiver<bool> {
+        self.0.subscribe()
+    }
+}
+
+/// A held `flock`, released on drop.
+struct LockFile {
+    _lock: Flock<File>,
+}
+
+fn lock(path: &Path, what: &str) -> anyhow::Result<LockFile> {
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("cannot open lock file {}", path.display()))?;
+    let mut holder = String::new();
+    let _ = f.read_to_string(&mut holder);
+    let mut lock = match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            let pid = holder.trim();
+            bail!(
+                "another ironcaged{} is already using {what} (lock {} is held); stop it first, or give this one its own --state-dir and --socket",
+                if pid.is_empty() { String::new() } else { format!(" (pid {pid})") },
+                path.display()
+            );
+        }
+        Err((_, e)) => bail!("cannot lock {}: {e}", path.display()),
+    };
+    lock.set_len(0)?;
+    lock.rewind()?;
+    writeln!(lock, "{}", std::process::id())?;
+    Ok(LockFile { _lock: lock })
+}
+
+/// Removes a socket file left behind by a daemon that died without cleaning up;
+/// refuses if something still answers on it.
+fn clear_stale_socket(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", path.display())),
+    };
+    if !meta.file_type().is_socket() {
+        bail!("{} exists and is not a socket; remove it or choose another --socket", path.display());
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => bail!("another daemon is answering on {}; stop it first or choose another --socket", path.display()),
+        Err(_) => {
+            std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+            tracing::info!(socket = %path.display(), "removed a stale socket left by a daemon that did not shut down");
+            Ok(())
+        }
+    }
+}
+
+fn bind_socket(path: &Path, group: Option<&str>) -> anyhow::Result<std::os::unix::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create socket directory {}", dir.display()))?;
+    }
+    clear_stale_socket(path)?;
+    let l = std::os::unix::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(g) = group {
+        let gid = nix::unistd::Group::from_name(g)?
+            .with_context(|| format!("socket_group {g:?} does not exist; create it or remove the setting"))?
+            .gid;
+        nix::unistd::chown(path, None, Some(gid)).with_context(|| format!("cannot give {} to group {g}", path.display()))?;
+    }
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+/// Raises the open-file soft limit to the hard limit: every agent costs a few
+/// descriptors (two pipes, a log file).
+fn raise_nofile() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT or `shutdown` fires. Blocks the calling
+/// thread, which becomes the actor thread.
+pub fn run(opts: RunOptions, shutdown: Shutdown) -> anyhow::Result<()> {
+    let mut config = crate::config::Config::load(&opts.config).map_err(|e: ConfigError| anyhow::anyhow!(e))?;
+    if let Some(s) = &opts.socket {
+        config.daemon.socket = s.clone();
+    }
+    if let Some(s) = &opts.state_dir {
+        config.daemon.state_dir = s.clone();
+    }
+    let paths = Paths {
+        config: std::fs::canonicalize(&opts.config).unwrap_or_else(|_| opts.config.clone()),
+        socket: config.daemon.socket.clone(),
+        state_dir: config.daemon.state_dir.clone(),
+    };
+    std::fs::create_dir_all(&paths.state_dir)
+        .with_context(|| format!("cannot create state directory {}", paths.state_dir.display()))?;
+    let _state_lock = lock(&paths.state_dir.join("ironcaged.lock"), &format!("state directory {}", paths.state_dir.display()))?;
+    let mut socket_lock_path = paths.socket.clone().into_os_string();
+    socket_lock_path.push(".lock");
+    if let Some(dir) = paths.socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create socket directory {}", dir.display()))?;
+    }
+    let _socket_lock = lock(Path::new(&socket_lock_path), &format!("socket {}", paths.socket.display()))?;
+    let log_dir = paths.state_dir.join("logs");
+    std::fs::create_dir_all(&log_dir).with_context(|| format!("cannot create {}", log_dir.display()))?;
+    raise_nofile();
+    let std_listener = bind_socket(&paths.socket, config.daemon.socket_group.as_deref())?;
+
+    let system = actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("ironcaged-io")
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+    });
+    let socket_path = paths.socket.clone();
+    let result = system.block_on(async move {
+        let keys = Arc::new(AgentKeys::default());
+        let env = SpawnEnv { gateway_url: None };
+        let supervisor = SupervisorHandle::start(env, keys, log_dir);
+        let agents = config.agents.clone();
+        let daemon = Arc::new(Daemon::new(paths, config, supervisor.clone(), None));
+        let listener = tokio::net::UnixListener::from_std(std_listener)?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let server = tokio::spawn(crate::control::serve(listener, daemon.clone(), stop_rx));
+        supervisor.apply(agents).await?;
+        tracing::info!(socket = %daemon.paths.socket.display(), pid = std::process::id(), "ironcaged ready");
+        crate::notify::notify("READY=1");
+
+        wait_for_stop(&daemon, shutdown, opts.handle_signals).await?;
+
+        crate::notify::notify("STOPPING=1");
+        tracing::info!("shutting down: stopping every agent");
+        let _ = stop_tx.send(true);
+        let _ = server.await;
+        supervisor.stop_all(StopReason::Shutdown).await;
+        tracing::info!("all agents stopped; bye");
+        anyhow::Ok(())
+    });
+    let _ = std::fs::remove_file(&socket_path);
+    result
+}
+
+async fn wait_for_stop(daemon: &Daemon, shutdown: Shutdown, handle_signals: bool) -> anyhow::Result<()> {
+    let mut stop = shutdown.subscribe();
+    if !handle_signals {
+        let _ = stop.wait_for(|s| *s).await;
+        return Ok(());
+    }
+    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM received"); return Ok(()); }
+            _ = int.recv() => { tracing::info!("SIGINT received"); return Ok(()); }
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP received: reloading the configuration");
+                // Errors are logged by reload(); the running config stays.
+                let _ = daemon.reload().await;
+            }
+        }
+    }
+}

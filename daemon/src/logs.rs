@@ -1,0 +1,250 @@
+//! Agent output capture: line splitting, a bounded in-memory ring, a size-capped
+//! rotating file, and `tracing`.
+//!
+//! Each agent has one [`AgentLogs`]. Memory stays bounded no matter what an agent
+//! prints: lines are cut at [`MAX_LINE`] bytes, the ring keeps at most
+//! [`RING_LINES`] lines and [`RING_BYTES`] bytes, and the file rotates at its cap.
+//! Followers (`ironctl agents logs -f`) wait on a `Notify` and read by sequence
+//! number, so an agent nobody follows costs no channel buffer.
+
+use ironcage_shared::protocol::{LogLine, Stream};
+use ironcage_shared::AgentName;
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::Notify;
+
+/// Longest line kept; longer output is split into several lines.
+pub const MAX_LINE: usize = 8 * 1024;
+pub const RING_LINES: usize = 1000;
+pub const RING_BYTES: usize = 256 * 1024;
+/// Log file size at which it is rotated to `NAME.log.1`.
+pub const FILE_MAX_BYTES: u64 = 8 * 1024 * 1024;
+/// Rotated files kept (`.1` .. `.N`).
+pub const FILE_KEEP: usize = 2;
+
+#[derive(Debug, Default)]
+struct Ring {
+    lines: VecDeque<LogLine>,
+    bytes: usize,
+    /// Sequence number of the next line pushed.
+    next_seq: u64,
+}
+
+#[derive(Debug)]
+struct RotatingFile {
+    path: PathBuf,
+    file: Option<File>,
+    size: u64,
+}
+
+impl RotatingFile {
+    fn write_line(&mut self, line: &LogLine) -> std::io::Result<()> {
+        if self.file.is_none() {
+            let f = OpenOptions::new().create(true).append(true).open(&self.path)?;
+            self.size = f.metadata()?.len();
+            self.file = Some(f);
+        }
+        if self.size >= FILE_MAX_BYTES {
+            self.rotate()?;
+        }
+        let tag = match line.stream {
+            Stream::Stdout => "out",
+            Stream::Stderr => "err",
+        };
+        let text = format!("{} {tag} {}\n", line.at_ms, line.line);
+        if let Some(f) = self.file.as_mut() {
+            f.write_all(text.as_bytes())?;
+        }
+        self.size += text.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        self.file = None;
+        for i in (1..FILE_KEEP).rev() {
+            let from = rotated(&self.path, i);
+            if from.exists() {
+                std::fs::rename(&from, rotated(&self.path, i + 1))?;
+            }
+        }
+        std::fs::rename(&self.path, rotated(&self.path, 1))?;
+        let f = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        self.size = 0;
+        self.file = Some(f);
+        Ok(())
+    }
+}
+
+fn rotated(path: &Path, i: usize) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{i}"));
+    PathBuf::from(s)
+}
+
+/// One agent's captured output.
+#[derive(Debug)]
+pub struct AgentLogs {
+    agent: AgentName,
+    ring: Mutex<Ring>,
+    file: Mutex<RotatingFile>,
+    notify: Notify,
+}
+
+impl AgentLogs {
+    pub fn new(agent: AgentName, log_dir: &Path) -> Arc<Self> {
+        let path = log_dir.join(format!("{agent}.log"));
+        Arc::new(AgentLogs {
+            agent,
+            ring: Mutex::new(Ring::default()),
+            file: Mutex::new(RotatingFile { path, file: None, size: 0 }),
+            notify: Notify::new(),
+        })
+    }
+
+    /// Records one line: ring, file, tracing; wakes followers.
+    pub fn push(&self, stream: Stream, line: String) {
+        let line = LogLine { at_ms: crate::util::unix_ms(), stream, line };
+        tracing::info!(target: "agent", agent = %self.agent, stream = ?stream, "{}", line.line);
+        if let Err(e) = self.file.lock().expect("log file lock").write_line(&line) {
+            tracing::warn!(agent = %self.agent, "cannot write the agent's log file: {e}");
+        }
+        let mut r = self.ring.lock().expect("log ring lock");
+        r.bytes += line.line.len();
+        r.lines.push_back(line);
+        r.next_seq += 1;
+        while r.lines.len() > RING_LINES || (r.bytes > RING_BYTES && r.lines.len() > 1) {
+            if let Some(old) = r.lines.pop_front() {
+                r.bytes -= old.line.len();
+            }
+        }
+        drop(r);
+        self.notify.notify_waiters();
+    }
+
+    /// The last `n` lines and the sequence number to follow from.
+    pub fn tail(&self, n: usize) -> (Vec<LogLine>, u64) {
+        let r = self.ring.lock().expect("log ring lock");
+        let skip = r.lines.len().saturating_sub(n);
+        (r.lines.iter().skip(skip).cloned().collect(), r.next_seq)
+    }
+
+    /// Lines from sequence `seq` on (those still in the ring) and the next seq.
+    pub fn since(&self, seq: u64) -> (Vec<LogLine>, u64) {
+        let r = self.ring.lock().expect("log ring lock");
+        let first = r.next_seq - r.lines.len() as u64;
+        let skip = seq.saturating_sub(first) as usize;
+        (r.lines.iter().skip(skip).cloned().collect(), r.next_seq)
+    }
+
+    /// Waits until a line newer than `seq` exists.
+    pub async fn wait_newer(&self, seq: u64) {
+        loop {
+            let notified = self.notify.notified();
+            if self.ring.lock().expect("log ring lock").next_seq > seq {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Reads `reader` to EOF, splitting it into lines pushed to these logs.
+    pub async fn capture<R: AsyncRead + Unpin>(self: Arc<Self>, mut reader: R, stream: Stream) {
+        let mut buf = vec![0u8; 4096];
+        let mut pending: Vec<u8> = Vec::new();
+        loop {
+            let n = match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let mut chunk = &buf[..n];
+            while let Some(pos) = chunk.iter().position(|b| *b == b'\n') {
+                pending.extend_from_slice(&chunk[..pos]);
+                self.emit(stream, &mut pending);
+                chunk = &chunk[pos + 1..];
+            }
+            pending.extend_from_slice(chunk);
+            while pending.len() >= MAX_LINE {
+                let rest = pending.split_off(MAX_LINE);
+                self.emit(stream, &mut pending);
+                pending = rest;
+            }
+        }
+        if !pending.is_empty() {
+            self.emit(stream, &mut pending);
+        }
+    }
+
+    fn emit(&self, stream: Stream, pending: &mut Vec<u8>) {
+        if pending.last() == Some(&b'\r') {
+            pending.pop();
+        }
+        let line = String::from_utf8_lossy(pending).into_owned();
+        pending.clear();
+        self.push(stream, line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn splits_lines_caps_length_and_bounds_the_ring() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = AgentLogs::new(AgentName::new("a").unwrap(), dir.path());
+        let mut input = Vec::new();
+        for i in 0..(RING_LINES + 10) {
+            input.extend_from_slice(format!("line {i}\r\n").as_bytes());
+        }
+        input.extend_from_slice(&vec![b'x'; MAX_LINE * 2 + 5]);
+        logs.clone().capture(&input[..], Stream::Stdout).await;
+        let (tail, next) = logs.tail(3);
+        assert_eq!(next, (RING_LINES + 10 + 3) as u64);
+        assert_eq!(tail[0].line.len(), MAX_LINE);
+        assert_eq!(tail[2].line, "xxxxx");
+        let (all, _) = logs.tail(usize::MAX);
+        assert!(all.len() <= RING_LINES);
+        let (since, _) = logs.since(next - 1);
+        assert_eq!(since.len(), 1);
+        let file = std::fs::read_to_string(dir.path().join("a.log")).unwrap();
+        assert!(file.contains(" out line 0\n"));
+        assert!(!file.contains('\r'));
+    }
+
+    #[tokio::test]
+    async fn follower_wakes_on_new_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = AgentLogs::new(AgentName::new("a").unwrap(), dir.path());
+        let (_, seq) = logs.tail(0);
+        let l2 = logs.clone();
+        let waiter = tokio::spawn(async move {
+            l2.wait_newer(seq).await;
+            l2.since(seq).0
+        });
+        logs.push(Stream::Stderr, "hello".into());
+        let got = waiter.await.unwrap();
+        assert_eq!(got[0].line, "hello");
+        assert_eq!(got[0].stream, Stream::Stderr);
+    }
+
+    #[test]
+    fn rotation_keeps_a_bounded_number_of_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        let mut f = RotatingFile { path: path.clone(), file: None, size: FILE_MAX_BYTES };
+        std::fs::write(&path, "old").unwrap();
+        let line = LogLine { at_ms: 1, stream: Stream::Stdout, line: "new".into() };
+        f.file = Some(OpenOptions::new().append(true).open(&path).unwrap());
+        for _ in 0..4 {
+            f.size = FILE_MAX_BYTES;
+            f.write_line(&line).unwrap();
+        }
+        assert!(rotated(&path, 1).exists());
+        assert!(rotated(&path, FILE_KEEP).exists());
+        assert!(!rotated(&path, FILE_KEEP + 1).exists());
+    }
+}
