@@ -37,6 +37,8 @@ pub enum Request {
     AgentLogs(LogsRequest),
     BudgetShow(BudgetShowRequest),
     BudgetSet(BudgetSetRequest),
+    /// Zero the agent's spend for the current period (history stays for
+    /// `Costs`) and clear its fired alerts.
     BudgetReset(AgentRef),
     Costs(CostsRequest),
 }
@@ -230,7 +232,7 @@ pub struct AgentInfo {
     /// `always`, `on-failure` or `never`.
     pub restart_policy: String,
     pub command: Vec<String>,
-    /// Seconds until the next restart attempt, in `backoff`.
+    /// Milliseconds until the next restart attempt, in `backoff`.
     pub next_restart_in_ms: Option<u64>,
 }
 
