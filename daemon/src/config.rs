@@ -182,7 +182,9 @@ impl ProviderKind {
 pub struct ProviderSpec {
     pub name: String,
     pub kind: ProviderKind,
-    /// e.g. `https://api.openai.com` (paths such as `/v1/chat/completions` are appended).
+    /// What you would give the provider's own SDK: OpenAI-style bases include the
+    /// version (`https://api.openai.com/v1`), Anthropic's is the bare host
+    /// (`https://api.anthropic.com`). See `gateway::routes::upstream_url`.
     pub base_url: String,
     /// Daemon environment variable holding the real API key.
     pub api_key_env: Option<String>,

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# The demo: ironcaged supervising the example agents (a raw OpenAI-SDK agent,
+# a streaming Anthropic-SDK agent, a shell agent) against the local mock
+# provider, on the embedded defaults. Shows the supervision, the support bot
+# hitting its budget and being refused, and where the money went.
+#
+#   scripts/demo.sh            # runs ~30 s, then stops everything
+#   DEMO_KEEP=1 scripts/demo.sh  # leave it running; stop with Ctrl-C
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+command -v cargo >/dev/null 2>&1 || { echo "cargo is required (install a Rust toolchain with rustup)"; exit 1; }
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    say "installing python3-venv"
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq python3-venv
+fi
+
+say "building ironcaged, ironctl and the mock provider"
+cargo build --locked -q -p ironcaged -p ironctl -p ironcage-mock-provider
+BIN="$ROOT/target/debug"
+
+VENV="$ROOT/.venv"
+if [ ! -x "$VENV/bin/python" ] || ! cmp -s tests/requirements.txt "$VENV/.requirements.txt"; then
+    say "creating a Python venv with the openai and anthropic SDKs"
+    rm -rf "$VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -r tests/requirements.txt
+    cp tests/requirements.txt "$VENV/.requirements.txt"
+fi
+
+RUN=$(mktemp -d /tmp/ironcage-demo.XXXXXX)
+MOCK_PID=""; DAEMON_PID=""
+cleanup() {
+    [ -n "$DAEMON_PID" ] && kill -TERM "$DAEMON_PID" 2>/dev/null && wait "$DAEMON_PID" 2>/dev/null || true
+    [ -n "$MOCK_PID" ] && kill -TERM "$MOCK_PID" 2>/dev/null && wait "$MOCK_PID" 2>/dev/null || true
+    rm -rf "$RUN"
+}
+trap cleanup EXIT
+
+say "starting the mock provider (stands in for OpenAI and Anthropic)"
+"$BIN/ironcage-mock-provider" --listen 127.0.0.1:0 --addr-file "$RUN/mock.addr" \
+    --openai-key sk-demo-real-openai --anthropic-key sk-ant-demo-real >/dev/null &
+MOCK_PID=$!
+for _ in $(seq 1 300); do [ -s "$RUN/mock.addr" ] && break; sleep 0.1; done
+MOCK=$(cat "$RUN/mock.addr")
+echo "mock provider at $MOCK"
+
+sed -e "s|@RUN@|$RUN|g" -e "s|@MOCK@|$MOCK|g" -e "s|@PYTHON@|$VENV/bin/python|g" \
+    -e "s|@EXAMPLES@|$ROOT/examples|g" examples/demo.toml.in > "$RUN/ironcaged.toml"
+
+say "starting ironcaged (config: $RUN/ironcaged.toml)"
+# The real provider keys live only in the daemon's environment.
+DEMO_OPENAI_KEY=sk-demo-real-openai DEMO_ANTHROPIC_KEY=sk-ant-demo-real \
+    "$BIN/ironcaged" --config "$RUN/ironcaged.toml" 2>"$RUN/ironcaged.log" &
+DAEMON_PID=$!
+export IRONCAGE_SOCKET="$RUN/ironcaged.sock"
+CTL="$BIN/ironctl"
+for _ in $(seq 1 300); do "$CTL" daemon ping >/dev/null 2>&1 && break; sleep 0.1; done
+
+"$CTL" daemon status
+say "ironctl agents list"
+sleep 2
+"$CTL" agents list
+
+say "waiting for support-bot to spend its \$0.0006 daily budget"
+for _ in $(seq 1 600); do
+    "$CTL" agents logs support-bot -n 50 | grep -q "refused (402)" && break
+    sleep 0.1
+done
+"$CTL" agents logs support-bot -n 4
+
+say "ironctl budget show"
+"$CTL" budget show
+say "ironctl costs --by agent"
+"$CTL" costs --by agent
+say "ironctl costs --by tag"
+"$CTL" costs --by tag
+say "ironctl costs --by model"
+"$CTL" costs --by model
+
+say "the agents never saw a real key: support-bot's OPENAI_API_KEY is a virtual one"
+tr '\0' '\n' < "/proc/$("$CTL" --json agents status support-bot | "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["pid"])')/environ" \
+    | grep -E '^OPENAI_(API_KEY|BASE_URL)=' | sed -E 's/(ic-vk-.{6}).*/\1.../'
+
+say "ironctl agents kill heartbeat (restart=always, but an operator kill is a stop)"
+"$CTL" agents kill heartbeat
+"$CTL" agents list
+
+if [ -n "${DEMO_KEEP:-}" ]; then
+    say "running; try: IRONCAGE_SOCKET=$IRONCAGE_SOCKET $CTL agents list   (Ctrl-C to stop)"
+    wait "$DAEMON_PID"
+else
+    say "stopping the daemon (SIGTERM): every agent is stopped gracefully"
+    kill -TERM "$DAEMON_PID"; wait "$DAEMON_PID"; DAEMON_PID=""
+    tail -n 3 "$RUN/ironcaged.log" | sed -E 's/\x1b\[[0-9;]*m//g'
+fi
+say "demo done"
