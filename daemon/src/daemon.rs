@@ -1,6 +1,8 @@
 //! The running daemon's shared context: what every request handler can reach.
 
 use crate::actors::SupervisorHandle;
+use crate::actors::budget::BudgetHandle;
+use crate::gateway::Gateway;
 use crate::actors::supervisor::ReloadSummary;
 use crate::config::Config;
 use std::net::SocketAddr;
@@ -21,6 +23,8 @@ pub struct Paths {
 pub struct Daemon {
     pub paths: Paths,
     pub supervisor: SupervisorHandle,
+    pub budget: BudgetHandle,
+    pub gateway: Arc<Gateway>,
     config: RwLock<Arc<Config>>,
     config_loaded_at: RwLock<u64>,
     pub started: Instant,
@@ -35,11 +39,15 @@ impl Daemon {
         paths: Paths,
         config: Config,
         supervisor: SupervisorHandle,
+        budget: BudgetHandle,
+        gateway: Arc<Gateway>,
         gateway_addr: Option<SocketAddr>,
     ) -> Self {
         Daemon {
             paths,
             supervisor,
+            budget,
+            gateway,
             config: RwLock::new(Arc::new(config)),
             config_loaded_at: RwLock::new(crate::util::unix_secs()),
             started: Instant::now(),
@@ -84,6 +92,11 @@ impl Daemon {
         if new.gateway.listen != old.gateway.listen {
             tracing::warn!("gateway.listen changed; it takes effect at the next daemon restart");
         }
+        // Everything that can fail is checked before anything changes.
+        self.gateway.reload(&new)?;
+        self.budget
+            .apply_config(crate::lifecycle::budget_agents(&new), new.budget.clone())
+            .await;
         let summary = self.supervisor.apply(new.agents.clone()).await.map_err(|e| e.to_string())?;
         *self.config.write().expect("config lock") = Arc::new(new);
         *self.config_loaded_at.write().expect("config lock") = crate::util::unix_secs();

@@ -9,11 +9,14 @@ pub mod actors;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod gateway;
 pub mod logs;
 pub mod notify;
 pub mod registry;
+pub mod secret;
+pub mod store;
 pub mod util;
 
-mod lifecycle;
+pub(crate) mod lifecycle;
 
 pub use lifecycle::{RunOptions, Shutdown, run};

@@ -10,6 +10,9 @@ use crate::actors::SupervisorHandle;
 use crate::actors::agent::SpawnEnv;
 use crate::config::ConfigError;
 use crate::daemon::{Daemon, Paths};
+use crate::actors::budget::{BudgetHandle, SystemClock};
+use crate::config::Config;
+use crate::gateway::Gateway;
 use crate::registry::AgentKeys;
 use anyhow::{Context as _, bail};
 use ironcage_shared::protocol::StopReason;
@@ -126,6 +129,11 @@ fn bind_socket(path: &Path, group: Option<&str>) -> anyhow::Result<std::os::unix
     Ok(l)
 }
 
+/// Each agent with its budget, as the ledger wants them.
+pub(crate) fn budget_agents(config: &Config) -> Vec<(ironcage_shared::AgentName, Option<crate::config::BudgetSpec>)> {
+    config.agents.iter().map(|a| (a.name.clone(), a.budget)).collect()
+}
+
 /// Raises the open-file soft limit to the hard limit: every agent costs a few
 /// descriptors (two pipes, a log file).
 fn raise_nofile() {
@@ -165,6 +173,16 @@ pub fn run(opts: RunOptions, shutdown: Shutdown) -> anyhow::Result<()> {
     let log_dir = paths.state_dir.join("logs");
     std::fs::create_dir_all(&log_dir).with_context(|| format!("cannot create {}", log_dir.display()))?;
     raise_nofile();
+    let store = Arc::new(crate::store::Store::open(&paths.state_dir)?);
+    let gateway_listener = std::net::TcpListener::bind(config.gateway.listen)
+        .with_context(|| format!("cannot listen on {} for the LLM gateway ([gateway] listen)", config.gateway.listen))?;
+    gateway_listener.set_nonblocking(true)?;
+    let gateway_addr = gateway_listener.local_addr()?;
+    // Loading the tokenizers takes ~0.5 s; do it off the request path.
+    std::thread::Builder::new()
+        .name("tokenizer-warmup".into())
+        .spawn(crate::gateway::tokens::warm_up)
+        .context("cannot start a thread")?;
     let std_listener = bind_socket(&paths.socket, config.daemon.socket_group.as_deref())?;
 
     let system = actix_rt::System::with_tokio_rt(|| {
@@ -178,13 +196,37 @@ pub fn run(opts: RunOptions, shutdown: Shutdown) -> anyhow::Result<()> {
     let socket_path = paths.socket.clone();
     let result = system.block_on(async move {
         let keys = Arc::new(AgentKeys::default());
-        let env = SpawnEnv { gateway_url: None };
-        let supervisor = SupervisorHandle::start(env, keys, log_dir);
+        let env = SpawnEnv { gateway_url: Some(format!("http://{gateway_addr}")) };
+        let supervisor = SupervisorHandle::start(env, keys.clone(), log_dir);
+        let stopper = supervisor.clone();
+        let on_exhausted_stop: Arc<dyn Fn(ironcage_shared::AgentName) + Send + Sync> = Arc::new(move |agent| {
+            let s = stopper.clone();
+            tokio::spawn(async move {
+                tracing::warn!(agent = %agent, "budget exhausted: stopping the agent (on_exhausted = \"stop\")");
+                if let Err(e) = s.stop_agent(&agent, StopReason::BudgetExhausted).await {
+                    tracing::error!(agent = %agent, "cannot stop the agent: {e}");
+                }
+            });
+        });
+        let budget = BudgetHandle::start(
+            store,
+            budget_agents(&config),
+            config.budget.clone(),
+            Arc::new(SystemClock),
+            on_exhausted_stop,
+        )?;
+        let gateway = Arc::new(Gateway::new(&config, keys, budget.clone()).map_err(anyhow::Error::msg)?);
         let agents = config.agents.clone();
-        let daemon = Arc::new(Daemon::new(paths, config, supervisor.clone(), None));
+        let daemon = Arc::new(Daemon::new(paths, config, supervisor.clone(), budget.clone(), gateway.clone(), Some(gateway_addr)));
         let listener = tokio::net::UnixListener::from_std(std_listener)?;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let server = tokio::spawn(crate::control::serve(listener, daemon.clone(), stop_rx));
+        let server = tokio::spawn(crate::control::serve(listener, daemon.clone(), stop_rx.clone()));
+        let gw_server = tokio::spawn(crate::gateway::serve(
+            tokio::net::TcpListener::from_std(gateway_listener)?,
+            gateway,
+            stop_rx,
+        ));
+        tracing::info!(gateway = %format!("http://{gateway_addr}"), "LLM gateway listening");
         supervisor.apply(agents).await?;
         tracing::info!(socket = %daemon.paths.socket.display(), pid = std::process::id(), "ironcaged ready");
         crate::notify::notify("READY=1");
@@ -196,6 +238,9 @@ pub fn run(opts: RunOptions, shutdown: Shutdown) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
         let _ = server.await;
         supervisor.stop_all(StopReason::Shutdown).await;
+        let _ = gw_server.await;
+        // Everything settled so far is committed before we exit.
+        budget.close().await;
         tracing::info!("all agents stopped; bye");
         anyhow::Ok(())
     });

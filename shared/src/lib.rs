@@ -8,10 +8,12 @@
 //! - [`framing`]: length-prefixed frames with a hard maximum, and their codec.
 //! - [`ids`]: validated agent names.
 //! - [`money`]: integer micro-dollars; money is never a float.
+//! - [`pricing`]: the model price table and the exact cost of a call.
 
 pub mod framing;
 pub mod ids;
 pub mod money;
+pub mod pricing;
 pub mod protocol;
 
 pub use ids::AgentName;

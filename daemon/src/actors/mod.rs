@@ -3,8 +3,10 @@
 //!
 //! - [`supervisor`]: owns one [`agent`] actor per configured agent.
 //! - [`agent`]: one supervised process: spawn, capture, restart, stop.
+//! - [`budget`]: the ledger: reserve, settle, release; periods, alerts, costs.
 
 pub mod agent;
+pub mod budget;
 pub mod supervisor;
 
 pub use supervisor::SupervisorHandle;

@@ -192,6 +192,164 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// Runs ironctl and asserts it succeeded; returns its stdout.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "ironctl {args:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs ironctl as another user (`uid`/`gid`, no supplementary groups).
+    /// Needs root.
+    pub fn ctl_as(&self, uid: u32, gid: u32, args: &[&str]) -> Output {
+        use std::os::unix::process::CommandExt;
+        Command::new(bin("ironctl"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .uid(uid)
+            .gid(gid)
+            .output()
+            .expect("run ironctl as another user")
+    }
+
+    /// Waits until `name` is running and returns its pid.
+    pub fn wait_running(&self, name: &str) -> i32 {
+        let a = self.wait_state(name, "running");
+        a["pid"].as_i64().unwrap_or_else(|| panic!("running agent {name} has no pid: {a}")) as i32
+    }
+
+    /// Waits until `cond` holds for agent `name`'s status; returns the status.
+    pub fn wait_agent(
+        &self,
+        name: &str,
+        what: &str,
+        mut cond: impl FnMut(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        wait_for(&format!("agent {name}: {what}"), || {
+            let a = self.agent(name);
+            cond(&a).then_some(a)
+        })
+    }
+
+    /// The last `n` captured lines of agent `name` (stdout and stderr), as text.
+    pub fn logs(&self, name: &str, n: u32) -> Vec<String> {
+        let n = n.to_string();
+        self.ctl_ok(&["agents", "logs", name, "-n", &n]).lines().map(str::to_owned).collect()
+    }
+
+    /// Waits until agent `name`'s log has a line containing `needle`; returns all lines.
+    pub fn wait_log(&self, name: &str, needle: &str) -> Vec<String> {
+        wait_for(&format!("agent {name} to log {needle:?}"), || {
+            let lines = self.logs(name, 1000);
+            lines.iter().any(|l| l.contains(needle)).then_some(lines)
+        })
+    }
+
+    /// Everything the daemon wrote to stderr so far.
+    pub fn stderr_text(&self) -> String {
+        self.stderr_lines.lock().expect("lines").join("\n")
+    }
+
+    /// Waits until the daemon's stderr has a line containing `needle`.
+    pub fn wait_stderr(&self, needle: &str) {
+        wait_for(&format!("the daemon to log {needle:?}"), || self.stderr_contains(needle).then_some(()));
+    }
+
+    /// Sends `sig` to the daemon without waiting.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig).expect("signal daemon");
+    }
+}
+
+/// `[[agent]]` TOML for an `sh -c SCRIPT` agent, plus `extra` lines (`key = value`).
+pub fn sh_agent(name: &str, script: &str, extra: &str) -> String {
+    assert!(!script.contains("'''"), "script must not contain three single quotes");
+    format!("\n[[agent]]\nname = \"{name}\"\ncommand = [\"sh\", \"-c\", '''{script}''']\n{extra}\n")
+}
+
+/// `(ppid, pgrp)` of `pid`, from `/proc/PID/stat`, if it exists and is not a zombie.
+pub fn proc_stat(pid: i32) -> Option<(i32, i32)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut f = s.rsplit(')').next()?.split_whitespace();
+    let state = f.next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    let ppid = f.next()?.parse().ok()?;
+    let pgrp = f.next()?.parse().ok()?;
+    Some((ppid, pgrp))
+}
+
+fn all_pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .expect("read /proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Live (non-zombie) processes in process group `pgid`.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    all_pids().into_iter().filter(|p| proc_stat(*p).is_some_and(|(_, g)| g == pgid)).collect()
+}
+
+/// Live (non-zombie) direct children of `pid`.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    all_pids().into_iter().filter(|p| proc_stat(*p).is_some_and(|(pp, _)| pp == pid)).collect()
+}
+
+/// Waits until none of `pids` is alive (zombies count as gone).
+pub fn wait_gone(what: &str, pids: &[i32]) {
+    wait_for(&format!("{what} ({pids:?}) to be gone"), || {
+        pids.iter().all(|p| !pid_alive(*p)).then_some(())
+    });
+}
+
+/// Runs `cmd` to completion with captured output, failing the test if it takes
+/// longer than [`WAIT`] (it is killed first).
+pub fn run_bounded(cmd: &mut Command) -> Output {
+    use std::io::Read;
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            break st;
+        }
+        if start.elapsed() > WAIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {WAIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output { status, stdout: t_out.join().expect("stdout reader"), stderr: t_err.join().expect("stderr reader") }
+}
+
+/// True when the tests run as root (needed to switch users).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {

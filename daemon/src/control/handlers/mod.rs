@@ -1,6 +1,7 @@
 //! One file per request family; [`handle`] routes a request to its handler.
 
 pub mod agents;
+pub mod budget;
 pub mod daemon;
 
 use crate::daemon::Daemon;
@@ -19,8 +20,9 @@ pub async fn handle(d: &Daemon, req: Request) -> Response {
         Request::RestartAgent(r) => agents::restart(d, &r.name).await,
         Request::KillAgent(k) => agents::kill(d, &k.name, k.signal).await,
         Request::AgentLogs(l) => agents::logs(d, &l).await,
-        Request::BudgetShow(_) | Request::BudgetSet(_) | Request::BudgetReset(_) | Request::Costs(_) => {
-            Response::error(ErrorCode::Invalid, "the budget ledger is not part of this build")
-        }
+        Request::BudgetShow(r) => budget::show(d, r.name).await,
+        Request::BudgetSet(r) => budget::set(d, r).await,
+        Request::BudgetReset(r) => budget::reset(d, r.name).await,
+        Request::Costs(r) => budget::costs(d, r).await,
     }
 }

@@ -1,0 +1,392 @@
+//! The ledger on disk, and the writer thread that puts it there.
+//!
+//! Layout in the daemon's redb file (component `budget`, schema version
+//! [`SCHEMA_VERSION`] in the store's `schema` table):
+//!
+//! | table            | key            | value (postcard)                                  |
+//! |------------------|----------------|---------------------------------------------------|
+//! | `budget_events`  | `u64` sequence | [`StoredEvent`]: a spend (agent, provider, model, tag, tokens, estimated, cost, reserved, times) or a reset |
+//! | `budget_agents`  | agent name     | [`AgentRow`]: per-period windows (start, spent, calls), fired alerts, override |
+//!
+//! `budget_events` is append-only: history for `ironctl costs`, never rewritten.
+//! `budget_agents` is a checkpoint so start-up does not replay history; it is
+//! written in the same transaction as the events it summarizes, so the two
+//! always agree.
+//!
+//! Values are postcard; the ledger's own structs (not the gateway's `Usage`)
+//! are encoded, so the file format changes only with [`SCHEMA_VERSION`].
+//! Enum variants are only ever appended.
+
+use super::{BudgetError, CostRecord, WriterStats};
+use crate::store::Store;
+use ironcage_shared::AgentName;
+use ironcage_shared::money::Micros;
+use ironcage_shared::protocol::{BudgetInfo, BudgetPeriod, CostRow, CostsBy, CostsReport, CostsRequest};
+use redb::{ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use tokio::sync::oneshot;
+
+/// Version of the budget tables' layout.
+pub const SCHEMA_VERSION: u32 = 1;
+/// Component name in the store's schema table.
+pub const COMPONENT: &str = "budget";
+
+pub(super) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("budget_events");
+pub(super) const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("budget_agents");
+
+/// Most operations committed in one transaction.
+const MAX_BATCH: usize = 8192;
+
+/// One period window of an agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Window {
+    /// Unix seconds the window started.
+    pub start: u64,
+    pub spent: Micros,
+    pub calls: u64,
+}
+
+/// Alert thresholds fired in one period window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fired {
+    pub period: BudgetPeriod,
+    pub start: u64,
+    pub thresholds: Vec<u32>,
+}
+
+/// An `ironctl budget set` override.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Override {
+    pub limit: Micros,
+    pub period: BudgetPeriod,
+    /// The configured (limit, period) when it was made (`None`: no budget was
+    /// configured). When the config no longer says this, the override is dropped.
+    pub base: Option<(Micros, BudgetPeriod)>,
+    pub set_at_ms: u64,
+}
+
+/// The `budget_agents` row of one agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRow {
+    /// Day, week, month, total.
+    pub windows: [Window; 4],
+    pub fired: Option<Fired>,
+    pub override_: Option<Override>,
+}
+
+/// Token counts of a spend event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tokens {
+    pub input: u64,
+    pub output: u64,
+    pub cache_read: u64,
+    pub cache_write: u64,
+    pub cache_write_1h: u64,
+    pub reasoning: u64,
+}
+
+/// One settled call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpendEvent {
+    pub agent: AgentName,
+    pub provider: String,
+    pub model: String,
+    pub tag: Option<String>,
+    pub tokens: Tokens,
+    /// The usage was counted locally, not reported by the provider.
+    pub estimated: bool,
+    pub cost: Micros,
+    /// The worst case that was reserved for it.
+    pub reserved: Micros,
+    /// When the call happened (gateway's time).
+    pub at_ms: u64,
+    /// When the ledger booked it; decides the budget period it counts in.
+    pub booked_at_ms: u64,
+}
+
+impl SpendEvent {
+    pub fn new(record: CostRecord, reserved: Micros, booked_at_ms: u64) -> Self {
+        let u = record.usage;
+        SpendEvent {
+            agent: record.agent,
+            provider: record.provider,
+            model: record.model,
+            tag: record.tag,
+            tokens: Tokens {
+                input: u.input_tokens,
+                output: u.output_tokens,
+                cache_read: u.cache_read_tokens,
+                cache_write: u.cache_write_tokens,
+                cache_write_1h: u.cache_write_1h_tokens,
+                reasoning: u.reasoning_tokens,
+            },
+            estimated: u.estimated,
+            cost: record.cost,
+            reserved,
+            at_ms: record.at_ms,
+            booked_at_ms,
+        }
+    }
+}
+
+/// `ironctl budget reset`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResetEvent {
+    pub agent: AgentName,
+    pub at_ms: u64,
+    pub period: BudgetPeriod,
+    /// Spend (durable + pending) of the period when it was reset.
+    pub spent_before: Micros,
+}
+
+/// A `budget_events` value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoredEvent {
+    Spend(SpendEvent),
+    Reset(ResetEvent),
+}
+
+// ------------------------------------------------------------------ start-up
+
+/// What start-up reads back.
+#[derive(Debug)]
+pub(super) struct Loaded {
+    pub rows: Vec<(AgentName, AgentRow)>,
+    pub next_seq: u64,
+}
+
+/// Creates the tables if needed, checks the schema version, and reads every
+/// agent row. Blocking; runs once at start-up.
+pub(super) fn load(store: &Store) -> Result<Loaded, BudgetError> {
+    let txn = store.begin_write()?;
+    store.claim_schema(&txn, COMPONENT, SCHEMA_VERSION)?;
+    let loaded = {
+        let events = txn.open_table(EVENTS).map_err(|e| store.err("open budget_events", e))?;
+        let agents = txn.open_table(AGENTS).map_err(|e| store.err("open budget_agents", e))?;
+        let next_seq = match events.last().map_err(|e| store.err("read budget_events", e))? {
+            Some((k, _)) => k.value() + 1,
+            None => 0,
+        };
+        let mut rows = Vec::new();
+        for item in agents.iter().map_err(|e| store.err("read budget_agents", e))? {
+            let (k, v) = item.map_err(|e| store.err("read budget_agents", e))?;
+            let name = k.value();
+            let corrupt = |reason: String| BudgetError::Corrupt {
+                path: store.path().to_owned(),
+                what: format!("budget_agents row {name:?}"),
+                reason,
+            };
+            let agent = AgentName::new(name).map_err(|e| corrupt(e.to_string()))?;
+            let row: AgentRow = postcard::from_bytes(v.value()).map_err(|e| corrupt(e.to_string()))?;
+            rows.push((agent, row));
+        }
+        Loaded { rows, next_seq }
+    };
+    store.commit(txn, "create the budget tables")?;
+    Ok(loaded)
+}
+
+// ------------------------------------------------------------ writer thread
+
+/// Whom to tell when an operation is durable.
+pub(super) enum Done {
+    Nothing,
+    Spend(SpendDone),
+    Unit(oneshot::Sender<Result<(), BudgetError>>),
+    Info(AgentName, oneshot::Sender<Result<BudgetInfo, BudgetError>>),
+}
+
+/// A settle waiting for durability.
+pub(super) struct SpendDone {
+    pub agent: AgentName,
+    pub cost: Micros,
+    pub booked_at_s: u64,
+    pub generation: u64,
+    pub reply: oneshot::Sender<Result<(), BudgetError>>,
+}
+
+/// One unit of work for the writer: an event to append and/or a row to put.
+pub(super) struct Op {
+    pub event: Option<StoredEvent>,
+    pub row: Option<(AgentName, AgentRow)>,
+    pub done: Done,
+}
+
+/// The writer's answer for one batch.
+pub(super) struct Committed {
+    /// `Err(reason)` when the transaction failed: nothing in the batch is durable.
+    pub result: Result<(), String>,
+    pub done: Vec<Done>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    commits: AtomicU64,
+    events: AtomicU64,
+}
+
+impl Counters {
+    pub fn get(&self) -> WriterStats {
+        WriterStats { commits: self.commits.load(Ordering::Relaxed), events: self.events.load(Ordering::Relaxed) }
+    }
+}
+
+/// Starts the writer thread. It commits whatever is queued in one transaction,
+/// then calls `deliver`; it exits (signalling `exited`) once every sender is
+/// dropped and the queue is drained.
+pub(super) fn spawn_writer(
+    store: Arc<Store>,
+    rx: mpsc::Receiver<Op>,
+    mut next_seq: u64,
+    counters: Arc<Counters>,
+    deliver: Box<dyn Fn(Committed) + Send>,
+    exited: oneshot::Sender<()>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new().name("ironcaged-ledger".into()).spawn(move || {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            let writes = batch.iter().any(|o| o.event.is_some() || o.row.is_some());
+            let result = if writes {
+                match write_batch(&store, next_seq, &batch) {
+                    Ok(n) => {
+                        next_seq += n;
+                        counters.commits.fetch_add(1, Ordering::Relaxed);
+                        counters.events.fetch_add(n, Ordering::Relaxed);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        tracing::error!("budget ledger: {e}");
+                        Err(e)
+                    }
+                }
+            } else {
+                Ok(())
+            };
+            deliver(Committed { result, done: batch.into_iter().map(|o| o.done).collect() });
+        }
+        drop(store);
+        let _ = exited.send(());
+    })?;
+    Ok(())
+}
+
+/// Appends the batch's events and puts the last row of each agent; one
+/// durable commit. Returns the number of events written.
+fn write_batch(store: &Store, first_seq: u64, batch: &[Op]) -> Result<u64, String> {
+    let txn = store.begin_write().map_err(|e| e.to_string())?;
+    let mut seq = first_seq;
+    {
+        let mut events = txn.open_table(EVENTS).map_err(|e| store.err("open budget_events", e).to_string())?;
+        let mut buf = Vec::with_capacity(256);
+        for ev in batch.iter().filter_map(|o| o.event.as_ref()) {
+            buf.clear();
+            let bytes = postcard::to_extend(ev, std::mem::take(&mut buf))
+                .map_err(|e| format!("cannot encode a budget event: {e}"))?;
+            events.insert(seq, bytes.as_slice()).map_err(|e| store.err("append to budget_events", e).to_string())?;
+            buf = bytes;
+            seq += 1;
+        }
+        // Later snapshots supersede earlier ones: write each agent once.
+        let mut last: HashMap<&AgentName, &AgentRow> = HashMap::new();
+        for (agent, row) in batch.iter().filter_map(|o| o.row.as_ref()) {
+            last.insert(agent, row);
+        }
+        let mut agents = txn.open_table(AGENTS).map_err(|e| store.err("open budget_agents", e).to_string())?;
+        for (agent, row) in last {
+            let bytes = postcard::to_stdvec(row).map_err(|e| format!("cannot encode a budget row: {e}"))?;
+            agents
+                .insert(agent.as_str(), bytes.as_slice())
+                .map_err(|e| store.err("write budget_agents", e).to_string())?;
+        }
+    }
+    store.commit(txn, "budget events").map_err(|e| e.to_string())?;
+    Ok(seq - first_seq)
+}
+
+// --------------------------------------------------------------------- costs
+
+/// Aggregates the durable spend events for `ironctl costs`. Blocking (a scan).
+pub(super) fn costs(store: &Store, req: &CostsRequest) -> Result<CostsReport, BudgetError> {
+    let txn = store.begin_read()?;
+    let events = match txn.open_table(EVENTS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => {
+            return Ok(CostsReport { by: req.by, since: req.since, rows: Vec::new(), total: Micros::ZERO });
+        }
+        Err(e) => return Err(store.err("open budget_events", e).into()),
+    };
+    let since_ms = req.since.map(|s| s.saturating_mul(1000));
+    let mut rows: HashMap<String, CostRow> = HashMap::new();
+    for item in events.iter().map_err(|e| store.err("read budget_events", e))? {
+        let (k, v) = item.map_err(|e| store.err("read budget_events", e))?;
+        let ev: StoredEvent = postcard::from_bytes(v.value()).map_err(|e| BudgetError::Corrupt {
+            path: store.path().to_owned(),
+            what: format!("budget_events entry {}", k.value()),
+            reason: e.to_string(),
+        })?;
+        let StoredEvent::Spend(s) = ev else { continue };
+        if since_ms.is_some_and(|t| s.at_ms < t) || req.agent.as_ref().is_some_and(|a| *a != s.agent) {
+            continue;
+        }
+        let key = match req.by {
+            CostsBy::Agent => s.agent.to_string(),
+            CostsBy::Model => format!("{}/{}", s.provider, s.model),
+            CostsBy::Provider => s.provider.clone(),
+            CostsBy::Tag => s.tag.clone().unwrap_or_else(|| "-".to_owned()),
+        };
+        let r = rows.entry(key).or_insert_with_key(|k| CostRow {
+            key: k.clone(),
+            calls: 0,
+            input_tokens: 0,
+            output_tokens: 0,
+            cache_read_tokens: 0,
+            cache_write_tokens: 0,
+            reasoning_tokens: 0,
+            cost: Micros::ZERO,
+            estimated_calls: 0,
+        });
+        r.calls += 1;
+        r.input_tokens += s.tokens.input;
+        r.output_tokens += s.tokens.output;
+        r.cache_read_tokens += s.tokens.cache_read;
+        r.cache_write_tokens += s.tokens.cache_write;
+        r.reasoning_tokens += s.tokens.reasoning;
+        r.cost += s.cost;
+        r.estimated_calls += u64::from(s.estimated);
+    }
+    let mut rows: Vec<CostRow> = rows.into_values().collect();
+    rows.sort_by(|a, b| b.cost.cmp(&a.cost).then_with(|| a.key.cmp(&b.key)));
+    let total = rows.iter().map(|r| r.cost).sum();
+    Ok(CostsReport { by: req.by, since: req.since, rows, total })
+}
+
+/// Every event in the table, in order (tests and diagnostics).
+pub fn read_events(store: &Store) -> Result<Vec<(u64, StoredEvent)>, BudgetError> {
+    let txn = store.begin_read()?;
+    let events = match txn.open_table(EVENTS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(store.err("open budget_events", e).into()),
+    };
+    let mut out = Vec::new();
+    for item in events.iter().map_err(|e| store.err("read budget_events", e))? {
+        let (k, v) = item.map_err(|e| store.err("read budget_events", e))?;
+        let ev = postcard::from_bytes(v.value()).map_err(|e| BudgetError::Corrupt {
+            path: store.path().to_owned(),
+            what: format!("budget_events entry {}", k.value()),
+            reason: e.to_string(),
+        })?;
+        out.push((k.value(), ev));
+    }
+    Ok(out)
+}

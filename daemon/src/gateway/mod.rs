@@ -1,0 +1,224 @@
+//! The LLM gateway: the enforcement point every agent's LLM call goes through.
+//!
+//! Agents are started with `OPENAI_BASE_URL` / `ANTHROPIC_BASE_URL` pointing
+//! here and a per-agent virtual key as their API key. For each call the gateway
+//! identifies the agent by that key, reserves the call's worst-case cost in the
+//! budget ledger, swaps in the provider's real key, forwards (streaming chunk by
+//! chunk), reads the provider's usage, and settles the real cost. An agent never
+//! holds a real key, so it cannot spend around its budget.
+//!
+//! - [`proxy`]: the per-request path.
+//! - [`routes`]: API classification and upstream URLs.
+//! - [`upstream`]: the pooled HTTP(S) client and header hygiene.
+//! - [`errors`]: provider-shaped error bodies.
+//! - [`usage`], [`sse`], [`tokens`]: reading usage, parsing streams, counting.
+
+pub mod errors;
+pub mod proxy;
+pub mod routes;
+pub mod sse;
+pub mod tokens;
+pub mod upstream;
+pub mod usage;
+
+use crate::actors::budget::BudgetHandle;
+use crate::config::{BudgetSpec, Config, ProviderKind};
+use crate::registry::AgentKeys;
+use crate::secret::SecretString;
+use bytes::Bytes;
+use http_body::Frame;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use ironcage_shared::AgentName;
+use ironcage_shared::pricing::PriceTable;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+/// Response body type of the gateway.
+pub type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+/// A provider with its real key resolved.
+#[derive(Debug)]
+pub struct Provider {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base_url: String,
+    pub key: Option<SecretString>,
+}
+
+/// What the gateway needs to know about one agent.
+#[derive(Debug, Clone)]
+pub struct AgentPolicy {
+    pub budget: Option<BudgetSpec>,
+    /// Allowed providers by name; empty = all.
+    pub providers: Vec<String>,
+}
+
+/// An immutable view of the configuration, swapped whole on reload so a call
+/// in flight keeps the providers and keys it started with.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub providers: Vec<Arc<Provider>>,
+    pub prices: PriceTable,
+    pub agents: HashMap<AgentName, AgentPolicy>,
+    pub allow_unmetered: bool,
+    pub default_max_tokens: u64,
+    pub upstream_timeout: Duration,
+}
+
+impl Snapshot {
+    /// Builds a snapshot from `config`, reading provider keys from the daemon's
+    /// environment and the price file, if any. Errors say what to fix.
+    pub fn build(config: &Config) -> Result<Snapshot, String> {
+        let mut providers = Vec::new();
+        for p in &config.providers {
+            let key = match &p.api_key_env {
+                None => None,
+                Some(var) => match std::env::var(var) {
+                    Ok(v) if !v.is_empty() => Some(SecretString::new(v)),
+                    _ => {
+                        return Err(format!(
+                            "provider {:?}: environment variable {var} (its api_key_env) is not set in the daemon's environment; set it (e.g. in the systemd unit's EnvironmentFile) or remove api_key_env",
+                            p.name
+                        ));
+                    }
+                },
+            };
+            providers.push(Arc::new(Provider { name: p.name.clone(), kind: p.kind, base_url: p.base_url.clone(), key }));
+        }
+        let mut prices = match &config.gateway.price_file {
+            None => PriceTable::builtin(),
+            Some(f) => {
+                let text = std::fs::read_to_string(f).map_err(|e| format!("cannot read price file {}: {e}", f.display()))?;
+                PriceTable::from_json_str(&text).map_err(|e| format!("price file {}: {e}", f.display()))?
+            }
+        };
+        if let Some(over) = &config.gateway.price_overrides {
+            let t = PriceTable::from_json_str(over).map_err(|e| format!("{}: [gateway.prices]: {e}", config.path.display()))?;
+            prices.merge_overrides(t);
+        }
+        let agents = config
+            .agents
+            .iter()
+            .map(|a| (a.name.clone(), AgentPolicy { budget: a.budget, providers: a.providers.clone() }))
+            .collect();
+        Ok(Snapshot {
+            providers,
+            prices,
+            agents,
+            allow_unmetered: config.gateway.allow_unmetered_paths,
+            default_max_tokens: config.gateway.default_max_tokens,
+            upstream_timeout: config.gateway.upstream_timeout,
+        })
+    }
+
+    /// Picks the provider for a call: `provider/model` names one explicitly;
+    /// otherwise the first provider of the API's family the agent may use.
+    /// Returns the provider and the model name to send upstream.
+    pub fn route<'a>(&self, agent: &AgentName, family: ProviderKind, model: &'a str) -> Result<(Arc<Provider>, &'a str), String> {
+        let allowed = |p: &Provider| {
+            self.agents.get(agent).is_none_or(|a| a.providers.is_empty() || a.providers.iter().any(|n| *n == p.name))
+        };
+        if let Some((prefix, rest)) = model.split_once('/')
+            && let Some(p) = self.providers.iter().find(|p| p.name == prefix)
+        {
+            if p.kind != family {
+                return Err(format!("provider {prefix:?} speaks the {} API, not this one", p.kind.as_str()));
+            }
+            if !allowed(p) {
+                return Err(format!("agent {agent} may not use provider {prefix:?} (see its `providers` list)"));
+            }
+            return Ok((p.clone(), rest));
+        }
+        self.providers
+            .iter()
+            .find(|p| p.kind == family && allowed(p))
+            .map(|p| (p.clone(), model))
+            .ok_or_else(|| {
+                format!(
+                    "no {} provider is configured for agent {agent}; add a [[provider]] with kind = \"{}\"",
+                    family.as_str(),
+                    family.as_str()
+                )
+            })
+    }
+}
+
+/// The gateway's shared state.
+pub struct Gateway {
+    pub keys: Arc<AgentKeys>,
+    pub budget: BudgetHandle,
+    pub client: upstream::HttpsClient,
+    snapshot: RwLock<Arc<Snapshot>>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    pub fn new(config: &Config, keys: Arc<AgentKeys>, budget: BudgetHandle) -> Result<Self, String> {
+        let snapshot = Snapshot::build(config)?;
+        let client = upstream::client().map_err(|e| format!("cannot load the system's CA certificates for HTTPS to providers: {e}"))?;
+        Ok(Gateway { keys, budget, client, snapshot: RwLock::new(Arc::new(snapshot)) })
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.read().expect("gateway snapshot lock").clone()
+    }
+
+    /// Swaps in a snapshot of a new config (calls in flight keep the old one).
+    pub fn reload(&self, config: &Config) -> Result<(), String> {
+        let s = Snapshot::build(config)?;
+        *self.snapshot.write().expect("gateway snapshot lock") = Arc::new(s);
+        Ok(())
+    }
+}
+
+/// Serves HTTP/1.1 on `listener` until `shutdown` flips.
+pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    let gw = gw.clone();
+                    tokio::spawn(async move {
+                        let svc = service_fn(move |req| {
+                            let gw = gw.clone();
+                            async move { Ok::<_, std::convert::Infallible>(proxy::handle(gw, req).await) }
+                        });
+                        if let Err(e) = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), svc).await {
+                            tracing::debug!("gateway connection ended: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("gateway accept failed: {e}");
+                    tokio::task::yield_now().await;
+                }
+            },
+        }
+    }
+}
+
+/// A response body fed from a channel, for streams relayed event by event.
+#[derive(Debug)]
+pub struct ChannelBody(pub mpsc::Receiver<Result<Bytes, std::io::Error>>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
+    }
+}
