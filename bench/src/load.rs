@@ -399,6 +399,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reads_cpu_time() {
+        let busy: u64 = (0..2_000_000u64).map(|i| i ^ (i >> 3)).sum();
+        assert!(busy > 0);
+        assert!(process_cpu(std::process::id()).is_ok());
+        assert!(self_cpu() > Duration::ZERO);
+        assert!(process_cpu(u32::MAX).is_err());
+    }
+
+    #[test]
     fn joins_paths_without_doubling_v1() {
         assert_eq!(
             join_path("", "/v1/chat/completions"),

@@ -209,8 +209,9 @@ impl Report {
         if worst_lag > 1.0 {
             let _ = writeln!(
                 out,
-                "\nwarning: requests waited up to {worst_lag:.3} ms (p99) for a free connection; \
-                 the client or the server is saturated (try more --connections or a lower --rate)"
+                "\nwarning: requests went out up to {worst_lag:.3} ms (p99) after their scheduled \
+                 time: all connections were busy or the client did not get the CPU in time \
+                 (more --connections, a lower --rate, or fewer busy threads than cores)"
             );
         }
         out

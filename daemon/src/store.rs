@@ -14,7 +14,10 @@
 //! redb takes an exclusive `flock` on the file, so a second daemon (or a second
 //! [`Store`] in the same process) on the same file fails with [`StoreError::Locked`].
 
-use redb::{Database, DatabaseError, Durability, ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    Database, DatabaseError, Durability, ReadTransaction, ReadableTable, TableDefinition,
+    WriteTransaction,
+};
 use std::path::{Path, PathBuf};
 
 /// File name of the database inside the state directory.
@@ -30,7 +33,10 @@ const SCHEMA: TableDefinition<&str, u32> = TableDefinition::new("schema");
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot create the state directory {}: {source}", path.display())]
-    CreateDir { path: PathBuf, source: std::io::Error },
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(
         "the state database {} is in use by another process (is another ironcaged running with this state directory?); stop it first, or give this daemon its own --state-dir",
         path.display()
@@ -40,21 +46,36 @@ pub enum StoreError {
         "the state database {} is damaged or not a redb file ({source}); restore it from a backup, or move it aside to start empty (that loses budgets, secrets and the audit trail)",
         path.display()
     )]
-    Corrupt { path: PathBuf, source: redb::Error },
+    Corrupt {
+        path: PathBuf,
+        source: Box<redb::Error>,
+    },
     #[error(
         "the state database {} uses an old redb file format ({version}); upgrade it with the redb tool of that version before starting",
         path.display()
     )]
     UpgradeRequired { path: PathBuf, version: u8 },
     #[error("cannot open the state database {}: {source}", path.display())]
-    Open { path: PathBuf, source: redb::Error },
+    Open {
+        path: PathBuf,
+        source: Box<redb::Error>,
+    },
     #[error(
         "the state database {} holds {component} data of schema version {found}, newer than this ironcaged understands ({supported}); run the newer ironcaged, or restore a backup",
         path.display()
     )]
-    NewerSchema { path: PathBuf, component: String, found: u32, supported: u32 },
+    NewerSchema {
+        path: PathBuf,
+        component: String,
+        found: u32,
+        supported: u32,
+    },
     #[error("state database {}: {what}: {source}", path.display())]
-    Db { path: PathBuf, what: String, source: redb::Error },
+    Db {
+        path: PathBuf,
+        what: String,
+        source: Box<redb::Error>,
+    },
 }
 
 /// The open database. Share it as `Arc<Store>`; redb allows one writer and many
@@ -66,7 +87,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -85,12 +108,27 @@ impl Store {
         let path = path.to_owned();
         let db = Database::create(&path).map_err(|e| match e {
             DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.clone() },
-            DatabaseError::UpgradeRequired(version) => StoreError::UpgradeRequired { path: path.clone(), version },
+            DatabaseError::UpgradeRequired(version) => StoreError::UpgradeRequired {
+                path: path.clone(),
+                version,
+            },
             DatabaseError::Storage(redb::StorageError::Corrupted(m)) => StoreError::Corrupt {
                 path: path.clone(),
-                source: redb::Error::Corrupted(m),
+                source: Box::new(redb::Error::Corrupted(m)),
             },
-            other => StoreError::Open { path: path.clone(), source: other.into() },
+            // A file that does not start with redb's header.
+            DatabaseError::Storage(redb::StorageError::Io(e))
+                if e.kind() == std::io::ErrorKind::InvalidData =>
+            {
+                StoreError::Corrupt {
+                    path: path.clone(),
+                    source: Box::new(redb::Error::Io(e)),
+                }
+            }
+            other => StoreError::Open {
+                path: path.clone(),
+                source: Box::new(other.into()),
+            },
         })?;
         let store = Store { db, path };
         store.init_schema()?;
@@ -102,7 +140,8 @@ impl Store {
         let previous = self.claim_schema(&txn, "store", STORE_SCHEMA_VERSION)?;
         if previous == Some(STORE_SCHEMA_VERSION) {
             // Nothing to write: drop the transaction rather than fsync at every start.
-            txn.abort().map_err(|e| self.err("abort the schema check", e))?;
+            txn.abort()
+                .map_err(|e| self.err("abort the schema check", e))?;
             return Ok(());
         }
         self.commit(txn, "record the schema version")
@@ -120,19 +159,25 @@ impl Store {
 
     /// A write transaction that is durable once committed ([`Durability::Immediate`]).
     pub fn begin_write(&self) -> Result<WriteTransaction, StoreError> {
-        let mut txn = self.db.begin_write().map_err(|e| self.err("begin a write transaction", e))?;
+        let mut txn = self
+            .db
+            .begin_write()
+            .map_err(|e| self.err("begin a write transaction", e))?;
         txn.set_durability(Durability::Immediate);
         Ok(txn)
     }
 
     /// A read transaction on the last committed state.
     pub fn begin_read(&self) -> Result<ReadTransaction, StoreError> {
-        self.db.begin_read().map_err(|e| self.err("begin a read transaction", e))
+        self.db
+            .begin_read()
+            .map_err(|e| self.err("begin a read transaction", e))
     }
 
     /// Commits `txn`; `what` says what it records, for the error.
     pub fn commit(&self, txn: WriteTransaction, what: &str) -> Result<(), StoreError> {
-        txn.commit().map_err(|e| self.err(&format!("commit ({what})"), e))
+        txn.commit()
+            .map_err(|e| self.err(&format!("commit ({what})"), e))
     }
 
     /// Checks that `component`'s tables are at most `supported` and records that
@@ -145,7 +190,9 @@ impl Store {
         component: &str,
         supported: u32,
     ) -> Result<Option<u32>, StoreError> {
-        let mut t = txn.open_table(SCHEMA).map_err(|e| self.err("open the schema table", e))?;
+        let mut t = txn
+            .open_table(SCHEMA)
+            .map_err(|e| self.err("open the schema table", e))?;
         let found = t
             .get(component)
             .map_err(|e| self.err("read the schema table", e))?
@@ -159,7 +206,8 @@ impl Store {
             }),
             Some(v) if v == supported => Ok(found),
             _ => {
-                t.insert(component, supported).map_err(|e| self.err("write the schema table", e))?;
+                t.insert(component, supported)
+                    .map_err(|e| self.err("write the schema table", e))?;
                 Ok(found)
             }
         }
@@ -173,15 +221,24 @@ impl Store {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
             Err(e) => return Err(self.err("open the schema table", e)),
         };
-        Ok(t.get(component).map_err(|e| self.err("read the schema table", e))?.map(|v| v.value()))
+        Ok(t.get(component)
+            .map_err(|e| self.err("read the schema table", e))?
+            .map(|v| v.value()))
     }
 
     /// Wraps a redb error with this file's path and what was being done.
     pub fn err(&self, what: &str, e: impl Into<redb::Error>) -> StoreError {
-        let source = e.into();
-        match source {
-            redb::Error::Corrupted(_) => StoreError::Corrupt { path: self.path.clone(), source },
-            source => StoreError::Db { path: self.path.clone(), what: what.to_owned(), source },
+        let source = Box::new(e.into());
+        match *source {
+            redb::Error::Corrupted(_) => StoreError::Corrupt {
+                path: self.path.clone(),
+                source,
+            },
+            _ => StoreError::Db {
+                path: self.path.clone(),
+                what: what.to_owned(),
+                source,
+            },
         }
     }
 }
@@ -197,7 +254,10 @@ mod tests {
         let state = dir.path().join("state");
         let s = Store::open(&state).unwrap();
         assert_eq!(s.path(), state.join(FILE_NAME));
-        assert_eq!(s.schema_version("store").unwrap(), Some(STORE_SCHEMA_VERSION));
+        assert_eq!(
+            s.schema_version("store").unwrap(),
+            Some(STORE_SCHEMA_VERSION)
+        );
         assert_eq!(s.schema_version("budget").unwrap(), None);
         let txn = s.begin_write().unwrap();
         assert_eq!(s.claim_schema(&txn, "budget", 3).unwrap(), None);
@@ -208,7 +268,17 @@ mod tests {
         let txn = s.begin_write().unwrap();
         assert_eq!(s.claim_schema(&txn, "budget", 3).unwrap(), Some(3));
         let e = s.claim_schema(&txn, "budget", 2).unwrap_err();
-        assert!(matches!(e, StoreError::NewerSchema { found: 3, supported: 2, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                StoreError::NewerSchema {
+                    found: 3,
+                    supported: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         assert!(e.to_string().contains("newer than this ironcaged"), "{e}");
     }
 
@@ -219,7 +289,10 @@ mod tests {
         let e = Store::open(dir.path()).unwrap_err();
         assert!(matches!(e, StoreError::Locked { .. }), "{e:?}");
         let msg = e.to_string();
-        assert!(msg.contains(&dir.path().join(FILE_NAME).display().to_string()), "{msg}");
+        assert!(
+            msg.contains(&dir.path().join(FILE_NAME).display().to_string()),
+            "{msg}"
+        );
         assert!(msg.contains("another process"), "{msg}");
     }
 
@@ -233,7 +306,8 @@ mod tests {
         let e = Store::open(dir.path()).unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains(&path.display().to_string()), "{msg}");
-        assert!(matches!(e, StoreError::Corrupt { .. } | StoreError::Open { .. }), "{e:?}");
+        assert!(matches!(e, StoreError::Corrupt { .. }), "{e:?}");
+        assert!(msg.contains("damaged or not a redb file"), "{msg}");
     }
 
     #[test]

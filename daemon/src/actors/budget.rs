@@ -151,7 +151,10 @@ impl fmt::Debug for Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         if let Some(addr) = self.addr.take() {
-            addr.do_send(actor::Release { agent: self.agent.clone(), amount: self.amount });
+            addr.do_send(actor::Release {
+                agent: self.agent.clone(),
+                amount: self.amount,
+            });
         }
     }
 }
@@ -164,7 +167,9 @@ pub enum Refusal {
     Exhausted(Exhausted),
     /// The ledger is not running (the daemon is shutting down); fail closed
     /// (the gateway answers HTTP 503).
-    #[error("the budget ledger is not running (the daemon is shutting down); the call was not forwarded")]
+    #[error(
+        "the budget ledger is not running (the daemon is shutting down); the call was not forwarded"
+    )]
     Unavailable,
 }
 
@@ -216,7 +221,11 @@ pub enum BudgetError {
     #[error("could not record budget data durably in {}: {reason}", path.display())]
     NotDurable { path: PathBuf, reason: String },
     #[error("the budget data in {} is unreadable ({what}): {reason}; restore the file from a backup", path.display())]
-    Corrupt { path: PathBuf, what: String, reason: String },
+    Corrupt {
+        path: PathBuf,
+        what: String,
+        reason: String,
+    },
     #[error("cannot start the budget writer thread: {0}")]
     Thread(std::io::Error),
 }
@@ -240,7 +249,9 @@ pub struct BudgetHandle {
 
 impl fmt::Debug for BudgetHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BudgetHandle").field("store", &self.store.path()).finish_non_exhaustive()
+        f.debug_struct("BudgetHandle")
+            .field("store", &self.store.path())
+            .finish_non_exhaustive()
     }
 }
 
@@ -259,15 +270,27 @@ impl BudgetHandle {
         clock: Arc<dyn Clock>,
         on_exhausted_stop: Arc<dyn Fn(AgentName) + Send + Sync>,
     ) -> Result<Self, BudgetError> {
-        let (addr, shared) = actor::start(store.clone(), agents, section, clock, on_exhausted_stop)?;
-        Ok(BudgetHandle { addr, store, shared })
+        let (addr, shared) =
+            actor::start(store.clone(), agents, section, clock, on_exhausted_stop)?;
+        Ok(BudgetHandle {
+            addr,
+            store,
+            shared,
+        })
     }
 
     /// Atomically reserves `worst_case` for one call, or refuses. Negative
     /// amounts count as zero. Agents the ledger does not know are metered as
     /// unlimited.
-    pub async fn reserve(&self, agent: &AgentName, worst_case: Micros) -> Result<Reservation, Refusal> {
-        let msg = actor::Reserve { agent: agent.clone(), amount: Micros(worst_case.0.max(0)) };
+    pub async fn reserve(
+        &self,
+        agent: &AgentName,
+        worst_case: Micros,
+    ) -> Result<Reservation, Refusal> {
+        let msg = actor::Reserve {
+            agent: agent.clone(),
+            amount: Micros(worst_case.0.max(0)),
+        };
         match self.addr.send(msg).await {
             Ok(r) => r,
             Err(_) => Err(Refusal::Unavailable),
@@ -275,26 +298,57 @@ impl BudgetHandle {
     }
 
     /// Settles a reservation with the real cost (booked even when it exceeds the
-    /// reservation); resolves once the record is durable (group commit).
-    pub async fn settle(&self, mut r: Reservation, record: CostRecord) -> Result<(), BudgetError> {
-        let Some(addr) = r.addr.take() else {
-            return Err(BudgetError::Unavailable);
-        };
-        let (tx, rx) = oneshot::channel();
-        addr.do_send(actor::Settle { agent: r.agent.clone(), reserved: r.amount, record, reply: tx });
-        rx.await.unwrap_or(Err(BudgetError::Unavailable))
+    /// reservation). The cost is booked when this is *called*, not when the
+    /// future is first polled, so `tokio::spawn(budget.settle(r, rec))` cannot
+    /// lose it to a shutdown that overtakes the spawned task. The future
+    /// resolves once the record is durable (group commit); dropping it does not
+    /// undo the booking.
+    pub fn settle(
+        &self,
+        mut r: Reservation,
+        record: CostRecord,
+    ) -> impl Future<Output = Result<(), BudgetError>> + Send + 'static {
+        let rx = r.addr.take().map(|addr| {
+            let (tx, rx) = oneshot::channel();
+            addr.do_send(actor::Settle {
+                agent: r.agent.clone(),
+                reserved: r.amount,
+                record,
+                reply: tx,
+            });
+            rx
+        });
+        async move {
+            match rx {
+                Some(rx) => rx.await.unwrap_or(Err(BudgetError::Unavailable)),
+                None => Err(BudgetError::Unavailable),
+            }
+        }
     }
 
     /// Budgets of every configured agent (sorted by name), or of one.
     pub async fn show(&self, agent: Option<AgentName>) -> Result<Vec<BudgetInfo>, BudgetError> {
-        self.addr.send(actor::Show(agent)).await.map_err(|_| BudgetError::Unavailable)?
+        self.addr
+            .send(actor::Show(agent))
+            .await
+            .map_err(|_| BudgetError::Unavailable)?
     }
 
     /// `ironctl budget set`: overrides the agent's limit (and period, if given)
     /// until its configured budget changes. Resolves once durable.
-    pub async fn set(&self, agent: AgentName, limit: Micros, period: Option<BudgetPeriod>) -> Result<BudgetInfo, BudgetError> {
+    pub async fn set(
+        &self,
+        agent: AgentName,
+        limit: Micros,
+        period: Option<BudgetPeriod>,
+    ) -> Result<BudgetInfo, BudgetError> {
         let (tx, rx) = oneshot::channel();
-        self.addr.do_send(actor::Set { agent, limit, period, reply: tx });
+        self.addr.do_send(actor::Set {
+            agent,
+            limit,
+            period,
+            reply: tx,
+        });
         rx.await.unwrap_or(Err(BudgetError::Unavailable))
     }
 
@@ -317,14 +371,21 @@ impl BudgetHandle {
 
     /// Config reload: new and removed agents, changed limits and periods,
     /// thresholds, alert command.
-    pub async fn apply_config(&self, agents: Vec<(AgentName, Option<BudgetSpec>)>, section: BudgetSection) {
+    pub async fn apply_config(
+        &self,
+        agents: Vec<(AgentName, Option<BudgetSpec>)>,
+        section: BudgetSection,
+    ) {
         let _ = self.addr.send(actor::ApplyConfig { agents, section }).await;
     }
 
     /// `limit - spent - pending - reserved`, floored at zero; `None` when the
     /// agent has no budget. Zero when the ledger is not running (fail closed).
     pub async fn remaining(&self, agent: &AgentName) -> Option<Micros> {
-        self.addr.send(actor::Remaining(agent.clone())).await.unwrap_or(Some(Micros::ZERO))
+        self.addr
+            .send(actor::Remaining(agent.clone()))
+            .await
+            .unwrap_or(Some(Micros::ZERO))
     }
 
     /// Resolves once everything settled before this call is durable.

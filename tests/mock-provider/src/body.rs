@@ -81,7 +81,8 @@ impl MockBody {
             delay,
             sleep: None,
             flush_each: true,
-            must_yield: false,
+            // An abort before the first event still lets the headers out first.
+            must_yield: abort_after == Some(0),
             exact_len: None,
         }
     }

@@ -1,9 +1,9 @@
 //! One API request, start to finish: count it, record it, apply the faults it asks
 //! for, check its key, then answer as the provider would.
 //!
-//! Order: counters and recording → `x-mock-delay-ms` → `x-mock-drop-after: 0` →
-//! unknown path (404) → auth (401) → `x-mock-status` → per-model fault → body
-//! validation (400) → the endpoint.
+//! Order: counters and recording → malformed `x-mock-*` header (400) →
+//! `x-mock-delay-ms` → `x-mock-drop-after: 0` → unknown path (404) → auth (401) →
+//! `x-mock-status` → per-model fault → body validation (400) → the endpoint.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -300,8 +300,10 @@ pub(crate) async fn handle(
             faults.retry_after,
         ));
     }
+    let mut drop_after = faults.drop_after;
     match state.faults.take(model) {
         Some(FaultAction::Drop) => return Err(Dropped),
+        Some(FaultAction::Cut(n)) => drop_after = Some(n),
         Some(FaultAction::Respond {
             status,
             retry_after,
@@ -319,7 +321,7 @@ pub(crate) async fn handle(
         usage: faults.usage,
         no_usage: faults.no_usage,
         chunk_delay: faults.chunk_delay,
-        drop_after: faults.drop_after,
+        drop_after,
     };
     if endpoint == Endpoint::Models {
         return Ok(match provider {

@@ -41,9 +41,8 @@ mod state;
 mod summary;
 mod usage;
 
-pub use body::MockBody;
 pub use state::{FaultSpec, RECORD_CAPACITY, RecordedRequest, Stats};
-pub use usage::{DEFAULT_OUTPUT_TOKENS, Usage};
+pub use usage::DEFAULT_OUTPUT_TOKENS;
 
 /// How the mock behaves.
 #[derive(Clone, Default)]

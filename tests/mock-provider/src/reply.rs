@@ -29,7 +29,8 @@ pub(crate) struct Call {
     pub(crate) usage: UsageOverride,
     pub(crate) no_usage: bool,
     pub(crate) chunk_delay: Option<Duration>,
-    /// From `x-mock-drop-after` (never 0 here: 0 is handled before the call).
+    /// From `x-mock-drop-after` (never 0: that is handled before the call) or a
+    /// per-model `drop_after` fault (0 there: headers, then the abort).
     pub(crate) drop_after: Option<usize>,
 }
 

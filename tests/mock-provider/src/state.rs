@@ -170,6 +170,12 @@ pub struct FaultSpec {
     /// Close the connection without any response instead of answering.
     #[serde(default)]
     pub drop: bool,
+    /// Answer normally (200) but abort after this many stream events, as
+    /// `x-mock-drop-after` does; 0 aborts right after the response headers,
+    /// before the first event. Plain JSON answers are cut in half. Ignored when
+    /// `drop` is true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_after: Option<usize>,
 }
 
 fn default_fault_status() -> u16 {
@@ -185,6 +191,7 @@ impl FaultSpec {
             count: None,
             retry_after: None,
             drop: false,
+            drop_after: None,
         }
     }
 }
@@ -197,6 +204,8 @@ pub(crate) enum FaultAction {
         retry_after: Option<u64>,
     },
     Drop,
+    /// The normal answer, aborted after this many events.
+    Cut(usize),
 }
 
 /// The per-model faults. `active` lets the hot path skip the lock when none is set.
@@ -239,6 +248,8 @@ impl Faults {
         let spec = map.get_mut(&key)?;
         let action = if spec.drop {
             FaultAction::Drop
+        } else if let Some(n) = spec.drop_after {
+            FaultAction::Cut(n)
         } else {
             FaultAction::Respond {
                 status: spec.status,
@@ -336,6 +347,20 @@ mod tests {
         assert_eq!(faults.take(Some("m")), expected);
         assert_eq!(faults.take(Some("m")), None);
         assert!(faults.list().is_empty());
+    }
+
+    #[test]
+    fn drop_after_fault_cuts_the_answer() {
+        let faults = Faults::default();
+        faults.set(FaultSpec {
+            drop_after: Some(0),
+            count: Some(1),
+            ..FaultSpec::new("m", 500)
+        });
+        assert_eq!(faults.take(Some("m")), Some(FaultAction::Cut(0)));
+        assert_eq!(faults.take(Some("m")), None);
+        let spec: FaultSpec = serde_json::from_str(r#"{"model": "m", "drop_after": 3}"#).unwrap();
+        assert_eq!(spec.drop_after, Some(3));
     }
 
     #[test]

@@ -82,136 +82,68 @@ impl<'de> serde::Deserialize<'de> for Key {
     }
 }
 
-/// Any JSON value; `Some` only for a string.
-struct MaybeString(Option<String>);
+/// Any JSON value, keeping only a string, a non-negative integer or a boolean.
+enum Scalar {
+    Str(String),
+    U64(u64),
+    Bool(bool),
+    Other,
+}
 
-impl<'de> serde::Deserialize<'de> for MaybeString {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = MaybeString;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any value")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<MaybeString, E> {
-                Ok(MaybeString(Some(s.to_owned())))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<MaybeString, E> {
-                Ok(MaybeString(None))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<MaybeString, E> {
-                Ok(MaybeString(None))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<MaybeString, E> {
-                Ok(MaybeString(None))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<MaybeString, E> {
-                Ok(MaybeString(None))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<MaybeString, E> {
-                Ok(MaybeString(None))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<MaybeString, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(MaybeString(None))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MaybeString, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(MaybeString(None))
-            }
+impl Scalar {
+    fn into_string(self) -> Option<String> {
+        match self {
+            Self::Str(s) => Some(s),
+            _ => None,
         }
-        deserializer.deserialize_any(V)
     }
-}
 
-/// Any JSON value; `Some` only for a non-negative integer (what `as_u64` accepts).
-struct MaybeU64(Option<u64>);
-
-impl<'de> serde::Deserialize<'de> for MaybeU64 {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = MaybeU64;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any value")
-            }
-            fn visit_u64<E: de::Error>(self, n: u64) -> Result<MaybeU64, E> {
-                Ok(MaybeU64(Some(n)))
-            }
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<MaybeU64, E> {
-                Ok(MaybeU64(u64::try_from(n).ok()))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<MaybeU64, E> {
-                Ok(MaybeU64(None))
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<MaybeU64, E> {
-                Ok(MaybeU64(None))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<MaybeU64, E> {
-                Ok(MaybeU64(None))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<MaybeU64, E> {
-                Ok(MaybeU64(None))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<MaybeU64, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(MaybeU64(None))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MaybeU64, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(MaybeU64(None))
-            }
+    /// What `Value::as_u64` accepts.
+    fn as_u64(&self) -> Option<u64> {
+        match self {
+            Self::U64(n) => Some(*n),
+            _ => None,
         }
-        deserializer.deserialize_any(V)
+    }
+
+    fn is_true(&self) -> bool {
+        matches!(self, Self::Bool(true))
     }
 }
 
-/// Any JSON value; `true` only for the literal `true`.
-struct IsTrue(bool);
-
-impl<'de> serde::Deserialize<'de> for IsTrue {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Ok(IsTrue(
-            MaybeBool::deserialize(deserializer)?.0 == Some(true),
-        ))
-    }
-}
-
-struct MaybeBool(Option<bool>);
-
-impl<'de> serde::Deserialize<'de> for MaybeBool {
+impl<'de> serde::Deserialize<'de> for Scalar {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = MaybeBool;
+            type Value = Scalar;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("any value")
             }
-            fn visit_bool<E: de::Error>(self, b: bool) -> Result<MaybeBool, E> {
-                Ok(MaybeBool(Some(b)))
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Scalar, E> {
+                Ok(Scalar::Str(s.to_owned()))
             }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<MaybeBool, E> {
-                Ok(MaybeBool(None))
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Scalar, E> {
+                Ok(Scalar::U64(n))
             }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<MaybeBool, E> {
-                Ok(MaybeBool(None))
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Scalar, E> {
+                Ok(u64::try_from(n).map_or(Scalar::Other, Scalar::U64))
             }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<MaybeBool, E> {
-                Ok(MaybeBool(None))
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<Scalar, E> {
+                Ok(Scalar::Bool(b))
             }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<MaybeBool, E> {
-                Ok(MaybeBool(None))
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Scalar, E> {
+                Ok(Scalar::Other)
             }
-            fn visit_unit<E: de::Error>(self) -> Result<MaybeBool, E> {
-                Ok(MaybeBool(None))
+            fn visit_unit<E: de::Error>(self) -> Result<Scalar, E> {
+                Ok(Scalar::Other)
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<MaybeBool, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(MaybeBool(None))
+                Ok(Scalar::Other)
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MaybeBool, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
                 while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(MaybeBool(None))
+                Ok(Scalar::Other)
             }
         }
         deserializer.deserialize_any(V)
@@ -231,9 +163,9 @@ impl<'de> serde::Deserialize<'de> for StreamOptions {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StreamOptions, A::Error> {
                 let mut include_usage = false;
-                while let Some(key) = map.next_key::<MaybeString>()? {
-                    if key.0.as_deref() == Some("include_usage") {
-                        include_usage = map.next_value::<IsTrue>()?.0;
+                while let Some(key) = map.next_key::<Scalar>()? {
+                    if key.into_string().as_deref() == Some("include_usage") {
+                        include_usage = map.next_value::<Scalar>()?.is_true();
                     } else {
                         map.next_value::<IgnoredAny>()?;
                     }
@@ -406,17 +338,17 @@ impl<'de> serde::Deserialize<'de> for Summary {
                 let mut summary = Summary::default();
                 while let Some(key) = map.next_key::<Key>()? {
                     match key {
-                        Key::Model => summary.model = map.next_value::<MaybeString>()?.0,
-                        Key::Stream => summary.stream = map.next_value::<IsTrue>()?.0,
+                        Key::Model => summary.model = map.next_value::<Scalar>()?.into_string(),
+                        Key::Stream => summary.stream = map.next_value::<Scalar>()?.is_true(),
                         Key::StreamOptions => {
                             summary.include_usage = map.next_value::<StreamOptions>()?.0;
                         }
                         Key::MaxCompletionTokens => {
-                            summary.max_completion_tokens = map.next_value::<MaybeU64>()?.0;
+                            summary.max_completion_tokens = map.next_value::<Scalar>()?.as_u64();
                         }
-                        Key::MaxTokens => summary.max_tokens = map.next_value::<MaybeU64>()?.0,
+                        Key::MaxTokens => summary.max_tokens = map.next_value::<Scalar>()?.as_u64(),
                         Key::MaxOutputTokens => {
-                            summary.max_output_tokens = map.next_value::<MaybeU64>()?.0;
+                            summary.max_output_tokens = map.next_value::<Scalar>()?.as_u64();
                         }
                         Key::Messages => {
                             summary.message_words = map.next_value::<ContentWords>()?.0;

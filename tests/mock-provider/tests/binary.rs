@@ -64,7 +64,7 @@ fn prints_its_address_writes_the_file_and_stops_on_sigterm() {
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
     assert!(!url.ends_with(":0"));
     let written = std::fs::read_to_string(&addr_file).expect("address file");
-    assert_eq!(written.trim_end(), url);
+    assert_eq!(written, url);
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .expect("list dir")
         .filter_map(Result::ok)

@@ -394,3 +394,32 @@ async fn recording_keeps_headers_and_bodies() {
     let reply = control(&quiet, Method::GET, "/_mock/requests", None).await;
     assert_eq!(reply.status, 404);
 }
+
+#[tokio::test]
+async fn per_model_drop_after_zero_sends_headers_then_aborts() {
+    let mock = start().await;
+    mock.set_fault(FaultSpec {
+        drop_after: Some(0),
+        count: Some(1),
+        ..FaultSpec::new("gpt-4o", 500)
+    });
+    let reply = openai(
+        mock.addr(),
+        "/v1/chat/completions",
+        &[],
+        &chat_stream("gpt-4o"),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.aborted);
+    assert!(reply.body.is_empty(), "{}", reply.text());
+    let reply = openai(
+        mock.addr(),
+        "/v1/chat/completions",
+        &[],
+        &chat_stream("gpt-4o"),
+    )
+    .await;
+    assert!(!reply.aborted);
+    assert_eq!(reply.events().len(), 6);
+}

@@ -1,9 +1,11 @@
 //! The budget actor: owns every [`Ledger`] and serializes all changes to them.
 //! Reached only through [`super::BudgetHandle`].
 
-use super::alerts::{self, Alert, Inflight};
+use super::alerts::{Alert, AlertQueue, Inflight};
 use super::ledger::Ledger;
-use super::persist::{self, Committed, Counters, Done, Op, Override, ResetEvent, SpendDone, SpendEvent, StoredEvent};
+use super::persist::{
+    self, Committed, Counters, Done, Op, Override, ResetEvent, SpendDone, SpendEvent, StoredEvent,
+};
 use super::{BudgetError, Clock, CostRecord, Refusal, Reservation, WriterStats};
 use crate::config::{BudgetSection, BudgetSpec, OnExhausted};
 use crate::store::Store;
@@ -38,13 +40,15 @@ pub(crate) struct BudgetActor {
     /// `None` after `Close`.
     writer: Option<mpsc::Sender<Op>>,
     writer_exited: Option<oneshot::Receiver<()>>,
-    shared: Arc<Shared>,
+    alerts: AlertQueue,
     path: PathBuf,
 }
 
 impl std::fmt::Debug for BudgetActor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BudgetActor").field("agents", &self.ledgers.len()).finish_non_exhaustive()
+        f.debug_struct("BudgetActor")
+            .field("agents", &self.ledgers.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -66,7 +70,11 @@ pub(super) fn start(
 ) -> Result<(Addr<BudgetActor>, Arc<Shared>), BudgetError> {
     let loaded = persist::load(&store)?;
     let now_s = clock.now_ms() / 1000;
-    let ledgers = loaded.rows.into_iter().map(|(name, row)| (name, Ledger::from_row(row, now_s))).collect();
+    let ledgers = loaded
+        .rows
+        .into_iter()
+        .map(|(name, row)| (name, Ledger::from_row(row, now_s)))
+        .collect();
     let (tx, rx) = mpsc::channel();
     let (exit_tx, exit_rx) = oneshot::channel();
     let shared = Arc::new(Shared::default());
@@ -78,7 +86,7 @@ pub(super) fn start(
         on_stop,
         writer: Some(tx),
         writer_exited: Some(exit_rx),
-        shared: shared.clone(),
+        alerts: AlertQueue::start(shared.alerts.clone()),
         path: store.path().to_owned(),
     };
     // Overrides dropped because the config changed while we were down, and
@@ -92,7 +100,8 @@ pub(super) fn start(
         Some(addr) => addr.do_send(c),
         None => orphaned(c),
     });
-    persist::spawn_writer(store, rx, loaded.next_seq, counters, deliver, exit_tx).map_err(BudgetError::Thread)?;
+    persist::spawn_writer(store, rx, loaded.next_seq, counters, deliver, exit_tx)
+        .map_err(BudgetError::Thread)?;
     Ok((ctx.run(actor), shared))
 }
 
@@ -101,7 +110,9 @@ fn orphaned(c: Committed) {
     for d in c.done {
         match d {
             Done::Spend(s) => {
-                let _ = s.reply.send(c.result.clone().map_err(|_| BudgetError::Unavailable));
+                let _ = s
+                    .reply
+                    .send(c.result.clone().map_err(|_| BudgetError::Unavailable));
             }
             Done::Unit(tx) => {
                 let _ = tx.send(c.result.clone().map_err(|_| BudgetError::Unavailable));
@@ -123,22 +134,30 @@ impl BudgetActor {
     /// The agent's ledger, rolled to `now_s`; created (unlimited, unlisted) for
     /// an agent never seen before, so its spend is still metered.
     fn ledger(&mut self, agent: &AgentName, now_s: u64) -> &mut Ledger {
-        let l = self.ledgers.entry(agent.clone()).or_insert_with(|| Ledger::new(now_s));
+        let l = self
+            .ledgers
+            .entry(agent.clone())
+            .or_insert_with(|| Ledger::new(now_s));
         l.roll(now_s);
         l
     }
 
-    fn enqueue(&mut self, op: Op) -> Result<(), Op> {
+    /// Queues `op` for the writer; hands it back when the ledger is closed.
+    fn enqueue(&mut self, op: Op) -> Result<(), Box<Op>> {
         match &self.writer {
-            Some(w) => w.send(op).map_err(|e| e.0),
-            None => Err(op),
+            Some(w) => w.send(op).map_err(|e| Box::new(e.0)),
+            None => Err(Box::new(op)),
         }
     }
 
     /// Persists the agent's row (no reply).
     fn save_row(&mut self, agent: &AgentName) {
         if let Some(l) = self.ledgers.get(agent) {
-            let op = Op { event: None, row: Some((agent.clone(), l.row())), done: Done::Nothing };
+            let op = Op {
+                event: None,
+                row: Some((agent.clone(), l.row())),
+                done: Done::Nothing,
+            };
             if self.enqueue(op).is_err() {
                 tracing::warn!(agent = %agent, "budget ledger is closed; a change of agent {agent}'s budget state was not saved");
             }
@@ -147,8 +166,12 @@ impl BudgetActor {
 
     /// Fires every threshold the agent's durable spend has newly crossed.
     fn check_alerts(&mut self, agent: &AgentName, now_s: u64) {
-        let Some(l) = self.ledgers.get_mut(agent) else { return };
-        let (Some(limit), true) = (l.limit(), l.configured) else { return };
+        let Some(l) = self.ledgers.get_mut(agent) else {
+            return;
+        };
+        let (Some(limit), true) = (l.limit(), l.configured) else {
+            return;
+        };
         let fresh = l.newly_crossed(&self.thresholds);
         if fresh.is_empty() {
             return;
@@ -165,7 +188,7 @@ impl BudgetActor {
                 period_start: start,
                 at_s: now_s,
             };
-            alerts::dispatch(&alert, self.alert_command.as_deref(), &self.shared.alerts);
+            self.alerts.dispatch(&alert, self.alert_command.as_deref());
         }
         self.save_row(agent);
     }
@@ -226,7 +249,11 @@ impl Handler<Reserve> for BudgetActor {
         match l.try_reserve(&m.agent, m.amount) {
             // Built here so that if the caller went away meanwhile, dropping the
             // undelivered reply releases the amount again.
-            Ok(()) => Ok(Reservation { agent: m.agent, amount: m.amount, addr: Some(ctx.address()) }),
+            Ok(()) => Ok(Reservation {
+                agent: m.agent,
+                amount: m.amount,
+                addr: Some(ctx.address()),
+            }),
             Err(e) => {
                 if e.on_exhausted == OnExhausted::Stop {
                     let key = (l.period(), l.durable.get(l.period()).start);
@@ -285,8 +312,18 @@ impl Handler<Settle> for BudgetActor {
         let generation = l.book(cost, now_s);
         let row = l.row();
         let event = StoredEvent::Spend(SpendEvent::new(m.record, m.reserved, now_ms));
-        let done = Done::Spend(SpendDone { agent: agent.clone(), cost, booked_at_s: now_s, generation, reply: m.reply });
-        if let Err(op) = self.enqueue(Op { event: Some(event), row: Some((agent, row)), done }) {
+        let done = Done::Spend(SpendDone {
+            agent: agent.clone(),
+            cost,
+            booked_at_s: now_s,
+            generation,
+            reply: m.reply,
+        });
+        if let Err(op) = self.enqueue(Op {
+            event: Some(event),
+            row: Some((agent, row)),
+            done,
+        }) {
             if let Done::Spend(s) = op.done {
                 let _ = s.reply.send(Err(BudgetError::Unavailable));
             }
@@ -303,7 +340,10 @@ impl Handler<Committed> for BudgetActor {
     fn handle(&mut self, c: Committed, _: &mut Context<Self>) {
         let (_, now_s) = self.now();
         let path = self.path.clone();
-        let failed = |reason: &str| BudgetError::NotDurable { path: path.clone(), reason: reason.to_owned() };
+        let failed = |reason: &str| BudgetError::NotDurable {
+            path: path.clone(),
+            reason: reason.to_owned(),
+        };
         let mut touched: Vec<AgentName> = Vec::new();
         let mut replies = Vec::with_capacity(c.done.len());
         for d in c.done {
@@ -420,7 +460,11 @@ impl Handler<Set> for BudgetActor {
         l.rearm();
         l.stop_notified = None;
         tracing::info!(agent = %m.agent, limit = %m.limit, period = l.period().as_str(), "budget override set");
-        let op = Op { event: None, row: Some((m.agent.clone(), l.row())), done: Done::Info(m.agent.clone(), m.reply) };
+        let op = Op {
+            event: None,
+            row: Some((m.agent.clone(), l.row())),
+            done: Done::Info(m.agent.clone(), m.reply),
+        };
         if let Err(op) = self.enqueue(op) {
             if let Done::Info(_, tx) = op.done {
                 let _ = tx.send(Err(BudgetError::Unavailable));
@@ -456,7 +500,11 @@ impl Handler<Reset> for BudgetActor {
         });
         l.reset();
         tracing::info!(agent = %m.agent, "budget reset");
-        let op = Op { event: Some(event), row: Some((m.agent.clone(), l.row())), done: Done::Info(m.agent, m.reply) };
+        let op = Op {
+            event: Some(event),
+            row: Some((m.agent.clone(), l.row())),
+            done: Done::Info(m.agent, m.reply),
+        };
         if let Err(op) = self.enqueue(op)
             && let Done::Info(_, tx) = op.done
         {
@@ -505,8 +553,11 @@ pub(super) struct Flush {
 impl Handler<Flush> for BudgetActor {
     type Result = ();
     fn handle(&mut self, m: Flush, _: &mut Context<Self>) {
-        if let Err(op) = self.enqueue(Op { event: None, row: None, done: Done::Unit(m.reply) })
-            && let Done::Unit(tx) = op.done
+        if let Err(op) = self.enqueue(Op {
+            event: None,
+            row: None,
+            done: Done::Unit(m.reply),
+        }) && let Done::Unit(tx) = op.done
         {
             let _ = tx.send(Err(BudgetError::Unavailable));
         }

@@ -8,8 +8,8 @@
 //!  "message":"agent researcher has spent 80% of its day budget ($4.01 of $5.00)"}
 //! ```
 //!
-//! (`period_start` and `at` are Unix seconds.) The command runs on a tokio task,
-//! never on the actor thread, in its own process group with a clean environment
+//! (`period_start` and `at` are Unix seconds.) Commands run one at a time, in
+//! the order the alerts fired, on a tokio task, never on the actor thread, in its own process group with a clean environment
 //! (`PATH` only: the daemon's environment may hold provider keys), and is killed
 //! with its whole group after [`COMMAND_TIMEOUT`]. A failing command is logged;
 //! the ledger never waits for it.
@@ -100,37 +100,86 @@ impl Inflight {
     }
 }
 
-/// Logs `alert` and starts `command` for it, if any. Returns at once.
-pub(super) fn dispatch(alert: &Alert, command: Option<&[String]>, inflight: &Arc<Inflight>) {
-    tracing::warn!(
-        agent = %alert.agent,
-        threshold_percent = alert.threshold_percent,
-        spent_micros = alert.spent.0,
-        limit_micros = alert.limit.0,
-        period = alert.period.as_str(),
-        period_start = %period::rfc3339(alert.period_start),
-        "budget alert: {}",
-        alert.message()
-    );
-    let Some(argv) = command.filter(|a| !a.is_empty()) else { return };
-    let Ok(rt) = tokio::runtime::Handle::try_current() else {
-        tracing::error!("budget alert command not run: no async runtime");
-        return;
-    };
-    inflight.count.fetch_add(1, Ordering::SeqCst);
-    let guard = DoneGuard(inflight.clone());
-    let argv = argv.to_vec();
-    let line = alert.json() + "\n";
-    let agent = alert.agent.clone();
-    rt.spawn(async move {
-        let _guard = guard;
-        if let Err(e) = run(&argv, line.as_bytes(), COMMAND_TIMEOUT).await {
-            tracing::warn!(agent = %agent, command = ?argv[0], "budget alert command failed: {e}");
-        }
-    });
+/// One alert command to run.
+struct Job {
+    argv: Vec<String>,
+    line: String,
+    agent: AgentName,
+    /// Decrements the in-flight count even if the job is dropped unrun.
+    _done: DoneGuard,
 }
 
-/// Decrements the in-flight count even if the task is cancelled or panics.
+/// Runs alert commands one at a time, in the order the alerts fired (so a
+/// burst of thresholds reaches the operator's script in order, and a slow
+/// script cannot pile up processes).
+#[derive(Debug)]
+pub(super) struct AlertQueue {
+    tx: Option<tokio::sync::mpsc::UnboundedSender<Job>>,
+    inflight: Arc<Inflight>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("agent", &self.agent)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AlertQueue {
+    /// Starts the queue's task on the current tokio runtime (in the daemon, the
+    /// multi-thread runtime under the actix System, so off the actor thread).
+    pub fn start(inflight: Arc<Inflight>) -> Self {
+        let tx = match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
+                rt.spawn(async move {
+                    while let Some(job) = rx.recv().await {
+                        if let Err(e) = run(&job.argv, job.line.as_bytes(), COMMAND_TIMEOUT).await {
+                            tracing::warn!(agent = %job.agent, command = ?job.argv[0], "budget alert command failed: {e}");
+                        }
+                    }
+                });
+                Some(tx)
+            }
+            Err(_) => None,
+        };
+        AlertQueue { tx, inflight }
+    }
+
+    /// Logs `alert` and queues `command` for it, if any. Returns at once.
+    pub fn dispatch(&self, alert: &Alert, command: Option<&[String]>) {
+        tracing::warn!(
+            agent = %alert.agent,
+            threshold_percent = alert.threshold_percent,
+            spent_micros = alert.spent.0,
+            limit_micros = alert.limit.0,
+            period = alert.period.as_str(),
+            period_start = %period::rfc3339(alert.period_start),
+            "budget alert: {}",
+            alert.message()
+        );
+        let Some(argv) = command.filter(|a| !a.is_empty()) else {
+            return;
+        };
+        let Some(tx) = &self.tx else {
+            tracing::error!("budget alert command not run: no async runtime");
+            return;
+        };
+        self.inflight.count.fetch_add(1, Ordering::SeqCst);
+        let job = Job {
+            argv: argv.to_vec(),
+            line: alert.json() + "\n",
+            agent: alert.agent.clone(),
+            _done: DoneGuard(self.inflight.clone()),
+        };
+        // If the task is gone (runtime shutting down) the job drops, and its guard
+        // keeps the count right.
+        let _ = tx.send(job);
+    }
+}
+
+/// Decrements the in-flight count when dropped.
 struct DoneGuard(Arc<Inflight>);
 
 impl Drop for DoneGuard {
@@ -175,13 +224,22 @@ async fn run(argv: &[String], input: &[u8], timeout: Duration) -> Result<(), Str
     };
     match tokio::time::timeout(timeout, work).await {
         Ok((Ok(status), _)) if status.success() => Ok(()),
-        Ok((Ok(status), err)) => Err(format!("{status}: {}", String::from_utf8_lossy(&err).trim())),
+        Ok((Ok(status), err)) => Err(format!(
+            "{status}: {}",
+            String::from_utf8_lossy(&err).trim()
+        )),
         Ok((Err(e), _)) => Err(format!("cannot wait for it: {e}")),
         Err(_) => {
             if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
-            Err(format!("still running after {} s; killed", timeout.as_secs()))
+            Err(format!(
+                "still running after {} s; killed",
+                timeout.as_secs()
+            ))
         }
     }
 }
@@ -213,26 +271,41 @@ mod tests {
         assert_eq!(v["period"], "day");
         assert_eq!(v["period_start"], 1_709_164_800u64);
         assert_eq!(v["at"], 1_709_200_000u64);
-        assert_eq!(v["message"], "agent researcher has spent 80% of its day budget ($4.01 of $5.00)");
+        assert_eq!(
+            v["message"],
+            "agent researcher has spent 80% of its day budget ($4.01 of $5.00)"
+        );
     }
 
     #[tokio::test]
     async fn a_hanging_command_is_killed_at_the_timeout() {
         let argv: Vec<String> = ["sh", "-c", "sleep 30 & wait"].map(String::from).to_vec();
-        let e = run(&argv, b"{}\n", Duration::from_millis(200)).await.unwrap_err();
+        let e = run(&argv, b"{}\n", Duration::from_millis(200))
+            .await
+            .unwrap_err();
         assert!(e.contains("killed"), "{e}");
     }
 
     #[tokio::test]
     async fn failures_report_status_and_stderr() {
-        let argv: Vec<String> = ["sh", "-c", "echo nope >&2; exit 3"].map(String::from).to_vec();
-        let e = run(&argv, b"{}\n", COMMAND_TIMEOUT).await.unwrap_err();
-        assert!(e.contains("3") && e.contains("nope"), "{e}");
-        let e = run(&["/nonexistent/notify".to_owned()], b"", COMMAND_TIMEOUT).await.unwrap_err();
-        assert!(e.contains("cannot start"), "{e}");
-        let env: Vec<String> = ["sh", "-c", "test -z \"$HOME\" && test \"$IRONCAGE_ALERT\" = budget"]
+        let argv: Vec<String> = ["sh", "-c", "echo nope >&2; exit 3"]
             .map(String::from)
             .to_vec();
-        run(&env, b"", COMMAND_TIMEOUT).await.expect("clean environment");
+        let e = run(&argv, b"{}\n", COMMAND_TIMEOUT).await.unwrap_err();
+        assert!(e.contains("3") && e.contains("nope"), "{e}");
+        let e = run(&["/nonexistent/notify".to_owned()], b"", COMMAND_TIMEOUT)
+            .await
+            .unwrap_err();
+        assert!(e.contains("cannot start"), "{e}");
+        let env: Vec<String> = [
+            "sh",
+            "-c",
+            "test -z \"$HOME\" && test \"$IRONCAGE_ALERT\" = budget",
+        ]
+        .map(String::from)
+        .to_vec();
+        run(&env, b"", COMMAND_TIMEOUT)
+            .await
+            .expect("clean environment");
     }
 }

@@ -25,7 +25,11 @@ pub(super) struct Windows(pub [Window; 4]);
 
 impl Windows {
     pub fn new(now_s: u64) -> Self {
-        Windows(period::ALL.map(|p| Window { start: period::start(p, now_s), spent: Micros::ZERO, calls: 0 }))
+        Windows(period::ALL.map(|p| Window {
+            start: period::start(p, now_s),
+            spent: Micros::ZERO,
+            calls: 0,
+        }))
     }
 
     pub fn get(&self, p: BudgetPeriod) -> &Window {
@@ -38,7 +42,11 @@ impl Windows {
         for (w, p) in self.0.iter_mut().zip(period::ALL) {
             let start = period::start(p, now_s);
             if start > w.start {
-                *w = Window { start, spent: Micros::ZERO, calls: 0 };
+                *w = Window {
+                    start,
+                    spent: Micros::ZERO,
+                    calls: 0,
+                };
             }
         }
     }
@@ -83,7 +91,14 @@ pub(super) struct Ledger {
 
 impl Ledger {
     pub fn new(now_s: u64) -> Self {
-        Ledger::from_row(AgentRow { windows: Windows::new(now_s).0, fired: None, override_: None }, now_s)
+        Ledger::from_row(
+            AgentRow {
+                windows: Windows::new(now_s).0,
+                fired: None,
+                override_: None,
+            },
+            now_s,
+        )
     }
 
     /// A ledger as persisted; rolled to `now_s`.
@@ -106,7 +121,11 @@ impl Ledger {
 
     /// The row to persist: the state once everything queued has committed.
     pub fn row(&self) -> AgentRow {
-        AgentRow { windows: self.tail.0, fired: self.fired.clone(), override_: self.override_ }
+        AgentRow {
+            windows: self.tail.0,
+            fired: self.fired.clone(),
+            override_: self.override_,
+        }
     }
 
     pub fn roll(&mut self, now_s: u64) {
@@ -148,7 +167,10 @@ impl Ledger {
     /// Settled but not yet durable, this period.
     pub fn pending(&self) -> Micros {
         let p = self.period();
-        self.tail.get(p).spent.saturating_sub(self.durable.get(p).spent)
+        self.tail
+            .get(p)
+            .spent
+            .saturating_sub(self.durable.get(p).spent)
     }
 
     /// What is unavailable to new calls: spent + pending + reserved.
@@ -157,11 +179,16 @@ impl Ledger {
     }
 
     pub fn remaining(&self) -> Option<Micros> {
-        self.limit().map(|l| Micros(l.saturating_sub(self.committed()).0.max(0)))
+        self.limit()
+            .map(|l| Micros(l.saturating_sub(self.committed()).0.max(0)))
     }
 
     /// Holds `amount` if the budget can pay it, else says why not.
-    pub fn try_reserve(&mut self, agent: &AgentName, amount: Micros) -> Result<(), Box<super::Exhausted>> {
+    pub fn try_reserve(
+        &mut self,
+        agent: &AgentName,
+        amount: Micros,
+    ) -> Result<(), Box<super::Exhausted>> {
         if let Some(limit) = self.limit()
             && self.committed() + amount > limit
         {
@@ -226,14 +253,21 @@ impl Ledger {
     /// Marks as fired, and returns, the thresholds durable spend has crossed
     /// that have not fired this period.
     pub fn newly_crossed(&mut self, thresholds: &[u32]) -> Vec<u32> {
-        let fresh: Vec<u32> =
-            thresholds.iter().copied().filter(|t| !self.fired_now().contains(t) && self.crossed(*t)).collect();
+        let fresh: Vec<u32> = thresholds
+            .iter()
+            .copied()
+            .filter(|t| !self.fired_now().contains(t) && self.crossed(*t))
+            .collect();
         if !fresh.is_empty() {
             let p = self.period();
             let mut all = self.fired_now().to_vec();
             all.extend(&fresh);
             all.sort_unstable();
-            self.fired = Some(Fired { period: p, start: self.durable.get(p).start, thresholds: all });
+            self.fired = Some(Fired {
+                period: p,
+                start: self.durable.get(p).start,
+                thresholds: all,
+            });
         }
         fresh
     }
@@ -241,9 +275,18 @@ impl Ledger {
     /// After a change of limit or period: thresholds no longer crossed fire
     /// again when crossed anew; those still crossed stay fired (no repeat).
     pub fn rearm(&mut self) {
-        let keep: Vec<u32> = self.fired_now().iter().copied().filter(|t| self.crossed(*t)).collect();
+        let keep: Vec<u32> = self
+            .fired_now()
+            .iter()
+            .copied()
+            .filter(|t| self.crossed(*t))
+            .collect();
         let p = self.period();
-        self.fired = Some(Fired { period: p, start: self.durable.get(p).start, thresholds: keep });
+        self.fired = Some(Fired {
+            period: p,
+            start: self.durable.get(p).start,
+            thresholds: keep,
+        });
     }
 
     /// Applies the configured budget. Returns true when an override was dropped
@@ -305,11 +348,17 @@ mod tests {
         l.try_reserve(&agent(), Micros(600_000)).unwrap();
         assert_eq!(l.remaining(), Some(Micros::ZERO));
         let e = l.try_reserve(&agent(), Micros(1)).unwrap_err();
-        assert_eq!((e.spent, e.reserved, e.requested), (Micros::ZERO, Micros(1_000_000), Micros(1)));
+        assert_eq!(
+            (e.spent, e.reserved, e.requested),
+            (Micros::ZERO, Micros(1_000_000), Micros(1))
+        );
         l.release(Micros(600_000));
         let generation = l.book(Micros(650_000), T0);
         l.release(Micros(400_000));
-        assert_eq!((l.spent(), l.pending(), l.reserved), (Micros::ZERO, Micros(650_000), Micros::ZERO));
+        assert_eq!(
+            (l.spent(), l.pending(), l.reserved),
+            (Micros::ZERO, Micros(650_000), Micros::ZERO)
+        );
         assert_eq!(l.remaining(), Some(Micros(350_000)));
         l.on_durable(Micros(650_000), T0, generation);
         assert_eq!((l.spent(), l.pending()), (Micros(650_000), Micros::ZERO));
@@ -327,8 +376,16 @@ mod tests {
         l.roll(T0 + 86_400);
         assert_eq!(l.pending(), Micros::ZERO);
         l.on_durable(Micros(4), T0 + 86_399, g);
-        assert_eq!(l.spent(), Micros::ZERO, "yesterday's call does not count today");
-        assert_eq!(l.durable.get(BudgetPeriod::Month).spent, Micros(7), "March 1st starts a month too");
+        assert_eq!(
+            l.spent(),
+            Micros::ZERO,
+            "yesterday's call does not count today"
+        );
+        assert_eq!(
+            l.durable.get(BudgetPeriod::Month).spent,
+            Micros::ZERO,
+            "March 1st starts a month too"
+        );
         assert_eq!(l.durable.get(BudgetPeriod::Week).spent, Micros(7));
         assert_eq!(l.durable.get(BudgetPeriod::Total).calls, 2);
     }
@@ -347,14 +404,27 @@ mod tests {
         let mut l = budgeted(100, BudgetPeriod::Day);
         let th = [50, 80, 100];
         let g = l.book(Micros(85), T0);
-        assert!(l.newly_crossed(&th).is_empty(), "pending spend does not alert");
+        assert!(
+            l.newly_crossed(&th).is_empty(),
+            "pending spend does not alert"
+        );
         l.on_durable(Micros(85), T0, g);
         assert_eq!(l.newly_crossed(&th), vec![50, 80]);
         assert!(l.newly_crossed(&th).is_empty());
-        l.override_ = Some(Override { limit: Micros(1000), period: BudgetPeriod::Day, base: None, set_at_ms: 0 });
+        l.override_ = Some(Override {
+            limit: Micros(1000),
+            period: BudgetPeriod::Day,
+            base: None,
+            set_at_ms: 0,
+        });
         l.rearm();
         assert!(l.fired_now().is_empty());
-        l.override_ = Some(Override { limit: Micros(150), period: BudgetPeriod::Day, base: None, set_at_ms: 0 });
+        l.override_ = Some(Override {
+            limit: Micros(150),
+            period: BudgetPeriod::Day,
+            base: None,
+            set_at_ms: 0,
+        });
         l.rearm();
         assert_eq!(l.newly_crossed(&th), vec![50]);
         l.roll(T0 + 86_400);
@@ -365,13 +435,24 @@ mod tests {
     fn override_survives_until_config_changes() {
         let mut l = budgeted(100, BudgetPeriod::Day);
         let base = l.config.map(|c| (c.limit, c.period));
-        l.override_ = Some(Override { limit: Micros(5), period: BudgetPeriod::Month, base, set_at_ms: 0 });
+        l.override_ = Some(Override {
+            limit: Micros(5),
+            period: BudgetPeriod::Month,
+            base,
+            set_at_ms: 0,
+        });
         assert!(!l.apply_spec(l.config), "same config keeps the override");
-        assert_eq!((l.limit(), l.period()), (Some(Micros(5)), BudgetPeriod::Month));
+        assert_eq!(
+            (l.limit(), l.period()),
+            (Some(Micros(5)), BudgetPeriod::Month)
+        );
         let mut changed = l.config.unwrap();
         changed.limit = Micros(200);
         assert!(l.apply_spec(Some(changed)));
-        assert_eq!((l.limit(), l.period()), (Some(Micros(200)), BudgetPeriod::Day));
+        assert_eq!(
+            (l.limit(), l.period()),
+            (Some(Micros(200)), BudgetPeriod::Day)
+        );
     }
 
     #[test]

@@ -10,7 +10,12 @@ use ironcage_shared::protocol::BudgetPeriod;
 const DAY: u64 = 86_400;
 
 /// All periods, in the order the ledger stores its windows.
-pub const ALL: [BudgetPeriod; 4] = [BudgetPeriod::Day, BudgetPeriod::Week, BudgetPeriod::Month, BudgetPeriod::Total];
+pub const ALL: [BudgetPeriod; 4] = [
+    BudgetPeriod::Day,
+    BudgetPeriod::Week,
+    BudgetPeriod::Month,
+    BudgetPeriod::Total,
+];
 
 /// Index of `p` in [`ALL`].
 pub fn index(p: BudgetPeriod) -> usize {
@@ -64,7 +69,12 @@ pub fn next_boundary(now_s: u64) -> u64 {
 pub fn rfc3339(s: u64) -> String {
     let (y, m, d) = civil_from_days((s / DAY) as i64);
     let r = s % DAY;
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", r / 3600, r / 60 % 60, r % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        r / 3600,
+        r / 60 % 60,
+        r % 60
+    )
 }
 
 /// Days since 1970-01-01 -> (year, month 1-12, day 1-31), proleptic Gregorian
@@ -112,7 +122,10 @@ mod tests {
             assert_eq!(days_from_civil(y, m, d), days, "{y}-{m}-{d}");
         }
         assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days((FEB_29_2024_THU / DAY) as i64), (2024, 2, 29));
+        assert_eq!(
+            civil_from_days((FEB_29_2024_THU / DAY) as i64),
+            (2024, 2, 29)
+        );
     }
 
     #[test]
@@ -138,10 +151,18 @@ mod tests {
 
     #[test]
     fn months_including_leap_february_and_december() {
-        assert_eq!(start(Month, FEB_29_2024_THU + 86_399), 1_706_745_600, "2024-02-01");
+        assert_eq!(
+            start(Month, FEB_29_2024_THU + 86_399),
+            1_706_745_600,
+            "2024-02-01"
+        );
         assert_eq!(end(Month, 1_706_745_600), Some(MAR_1_2024_FRI));
         assert_eq!(start(Month, MAR_1_2024_FRI), MAR_1_2024_FRI);
-        assert_eq!(start(Month, JAN_1_2026_THU - 1), 1_764_547_200, "2025-12-01");
+        assert_eq!(
+            start(Month, JAN_1_2026_THU - 1),
+            1_764_547_200,
+            "2025-12-01"
+        );
         assert_eq!(end(Month, 1_764_547_200), Some(JAN_1_2026_THU));
     }
 

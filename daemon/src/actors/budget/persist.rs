@@ -21,7 +21,9 @@ use super::{BudgetError, CostRecord, WriterStats};
 use crate::store::Store;
 use ironcage_shared::AgentName;
 use ironcage_shared::money::Micros;
-use ironcage_shared::protocol::{BudgetInfo, BudgetPeriod, CostRow, CostsBy, CostsReport, CostsRequest};
+use ironcage_shared::protocol::{
+    BudgetInfo, BudgetPeriod, CostRow, CostsBy, CostsReport, CostsRequest,
+};
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -165,14 +167,24 @@ pub(super) fn load(store: &Store) -> Result<Loaded, BudgetError> {
     let txn = store.begin_write()?;
     store.claim_schema(&txn, COMPONENT, SCHEMA_VERSION)?;
     let loaded = {
-        let events = txn.open_table(EVENTS).map_err(|e| store.err("open budget_events", e))?;
-        let agents = txn.open_table(AGENTS).map_err(|e| store.err("open budget_agents", e))?;
-        let next_seq = match events.last().map_err(|e| store.err("read budget_events", e))? {
+        let events = txn
+            .open_table(EVENTS)
+            .map_err(|e| store.err("open budget_events", e))?;
+        let agents = txn
+            .open_table(AGENTS)
+            .map_err(|e| store.err("open budget_agents", e))?;
+        let next_seq = match events
+            .last()
+            .map_err(|e| store.err("read budget_events", e))?
+        {
             Some((k, _)) => k.value() + 1,
             None => 0,
         };
         let mut rows = Vec::new();
-        for item in agents.iter().map_err(|e| store.err("read budget_agents", e))? {
+        for item in agents
+            .iter()
+            .map_err(|e| store.err("read budget_agents", e))?
+        {
             let (k, v) = item.map_err(|e| store.err("read budget_agents", e))?;
             let name = k.value();
             let corrupt = |reason: String| BudgetError::Corrupt {
@@ -181,7 +193,8 @@ pub(super) fn load(store: &Store) -> Result<Loaded, BudgetError> {
                 reason,
             };
             let agent = AgentName::new(name).map_err(|e| corrupt(e.to_string()))?;
-            let row: AgentRow = postcard::from_bytes(v.value()).map_err(|e| corrupt(e.to_string()))?;
+            let row: AgentRow =
+                postcard::from_bytes(v.value()).map_err(|e| corrupt(e.to_string()))?;
             rows.push((agent, row));
         }
         Loaded { rows, next_seq }
@@ -231,7 +244,10 @@ pub(super) struct Counters {
 
 impl Counters {
     pub fn get(&self) -> WriterStats {
-        WriterStats { commits: self.commits.load(Ordering::Relaxed), events: self.events.load(Ordering::Relaxed) }
+        WriterStats {
+            commits: self.commits.load(Ordering::Relaxed),
+            events: self.events.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -246,37 +262,42 @@ pub(super) fn spawn_writer(
     deliver: Box<dyn Fn(Committed) + Send>,
     exited: oneshot::Sender<()>,
 ) -> std::io::Result<()> {
-    std::thread::Builder::new().name("ironcaged-ledger".into()).spawn(move || {
-        while let Ok(first) = rx.recv() {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(op) => batch.push(op),
-                    Err(_) => break,
+    std::thread::Builder::new()
+        .name("ironcaged-ledger".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(op) => batch.push(op),
+                        Err(_) => break,
+                    }
                 }
+                let writes = batch.iter().any(|o| o.event.is_some() || o.row.is_some());
+                let result = if writes {
+                    match write_batch(&store, next_seq, &batch) {
+                        Ok(n) => {
+                            next_seq += n;
+                            counters.commits.fetch_add(1, Ordering::Relaxed);
+                            counters.events.fetch_add(n, Ordering::Relaxed);
+                            Ok(())
+                        }
+                        Err(e) => {
+                            tracing::error!("budget ledger: {e}");
+                            Err(e)
+                        }
+                    }
+                } else {
+                    Ok(())
+                };
+                deliver(Committed {
+                    result,
+                    done: batch.into_iter().map(|o| o.done).collect(),
+                });
             }
-            let writes = batch.iter().any(|o| o.event.is_some() || o.row.is_some());
-            let result = if writes {
-                match write_batch(&store, next_seq, &batch) {
-                    Ok(n) => {
-                        next_seq += n;
-                        counters.commits.fetch_add(1, Ordering::Relaxed);
-                        counters.events.fetch_add(n, Ordering::Relaxed);
-                        Ok(())
-                    }
-                    Err(e) => {
-                        tracing::error!("budget ledger: {e}");
-                        Err(e)
-                    }
-                }
-            } else {
-                Ok(())
-            };
-            deliver(Committed { result, done: batch.into_iter().map(|o| o.done).collect() });
-        }
-        drop(store);
-        let _ = exited.send(());
-    })?;
+            drop(store);
+            let _ = exited.send(());
+        })?;
     Ok(())
 }
 
@@ -286,13 +307,17 @@ fn write_batch(store: &Store, first_seq: u64, batch: &[Op]) -> Result<u64, Strin
     let txn = store.begin_write().map_err(|e| e.to_string())?;
     let mut seq = first_seq;
     {
-        let mut events = txn.open_table(EVENTS).map_err(|e| store.err("open budget_events", e).to_string())?;
+        let mut events = txn
+            .open_table(EVENTS)
+            .map_err(|e| store.err("open budget_events", e).to_string())?;
         let mut buf = Vec::with_capacity(256);
         for ev in batch.iter().filter_map(|o| o.event.as_ref()) {
             buf.clear();
             let bytes = postcard::to_extend(ev, std::mem::take(&mut buf))
                 .map_err(|e| format!("cannot encode a budget event: {e}"))?;
-            events.insert(seq, bytes.as_slice()).map_err(|e| store.err("append to budget_events", e).to_string())?;
+            events
+                .insert(seq, bytes.as_slice())
+                .map_err(|e| store.err("append to budget_events", e).to_string())?;
             buf = bytes;
             seq += 1;
         }
@@ -301,15 +326,20 @@ fn write_batch(store: &Store, first_seq: u64, batch: &[Op]) -> Result<u64, Strin
         for (agent, row) in batch.iter().filter_map(|o| o.row.as_ref()) {
             last.insert(agent, row);
         }
-        let mut agents = txn.open_table(AGENTS).map_err(|e| store.err("open budget_agents", e).to_string())?;
+        let mut agents = txn
+            .open_table(AGENTS)
+            .map_err(|e| store.err("open budget_agents", e).to_string())?;
         for (agent, row) in last {
-            let bytes = postcard::to_stdvec(row).map_err(|e| format!("cannot encode a budget row: {e}"))?;
+            let bytes =
+                postcard::to_stdvec(row).map_err(|e| format!("cannot encode a budget row: {e}"))?;
             agents
                 .insert(agent.as_str(), bytes.as_slice())
                 .map_err(|e| store.err("write budget_agents", e).to_string())?;
         }
     }
-    store.commit(txn, "budget events").map_err(|e| e.to_string())?;
+    store
+        .commit(txn, "budget events")
+        .map_err(|e| e.to_string())?;
     Ok(seq - first_seq)
 }
 
@@ -321,21 +351,32 @@ pub(super) fn costs(store: &Store, req: &CostsRequest) -> Result<CostsReport, Bu
     let events = match txn.open_table(EVENTS) {
         Ok(t) => t,
         Err(redb::TableError::TableDoesNotExist(_)) => {
-            return Ok(CostsReport { by: req.by, since: req.since, rows: Vec::new(), total: Micros::ZERO });
+            return Ok(CostsReport {
+                by: req.by,
+                since: req.since,
+                rows: Vec::new(),
+                total: Micros::ZERO,
+            });
         }
         Err(e) => return Err(store.err("open budget_events", e).into()),
     };
     let since_ms = req.since.map(|s| s.saturating_mul(1000));
     let mut rows: HashMap<String, CostRow> = HashMap::new();
-    for item in events.iter().map_err(|e| store.err("read budget_events", e))? {
+    for item in events
+        .iter()
+        .map_err(|e| store.err("read budget_events", e))?
+    {
         let (k, v) = item.map_err(|e| store.err("read budget_events", e))?;
-        let ev: StoredEvent = postcard::from_bytes(v.value()).map_err(|e| BudgetError::Corrupt {
-            path: store.path().to_owned(),
-            what: format!("budget_events entry {}", k.value()),
-            reason: e.to_string(),
-        })?;
+        let ev: StoredEvent =
+            postcard::from_bytes(v.value()).map_err(|e| BudgetError::Corrupt {
+                path: store.path().to_owned(),
+                what: format!("budget_events entry {}", k.value()),
+                reason: e.to_string(),
+            })?;
         let StoredEvent::Spend(s) = ev else { continue };
-        if since_ms.is_some_and(|t| s.at_ms < t) || req.agent.as_ref().is_some_and(|a| *a != s.agent) {
+        if since_ms.is_some_and(|t| s.at_ms < t)
+            || req.agent.as_ref().is_some_and(|a| *a != s.agent)
+        {
             continue;
         }
         let key = match req.by {
@@ -367,7 +408,12 @@ pub(super) fn costs(store: &Store, req: &CostsRequest) -> Result<CostsReport, Bu
     let mut rows: Vec<CostRow> = rows.into_values().collect();
     rows.sort_by(|a, b| b.cost.cmp(&a.cost).then_with(|| a.key.cmp(&b.key)));
     let total = rows.iter().map(|r| r.cost).sum();
-    Ok(CostsReport { by: req.by, since: req.since, rows, total })
+    Ok(CostsReport {
+        by: req.by,
+        since: req.since,
+        rows,
+        total,
+    })
 }
 
 /// Every event in the table, in order (tests and diagnostics).
@@ -379,7 +425,10 @@ pub fn read_events(store: &Store) -> Result<Vec<(u64, StoredEvent)>, BudgetError
         Err(e) => return Err(store.err("open budget_events", e).into()),
     };
     let mut out = Vec::new();
-    for item in events.iter().map_err(|e| store.err("read budget_events", e))? {
+    for item in events
+        .iter()
+        .map_err(|e| store.err("read budget_events", e))?
+    {
         let (k, v) = item.map_err(|e| store.err("read budget_events", e))?;
         let ev = postcard::from_bytes(v.value()).map_err(|e| BudgetError::Corrupt {
             path: store.path().to_owned(),

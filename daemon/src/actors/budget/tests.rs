@@ -28,7 +28,12 @@ fn usd(s: &str) -> Micros {
 }
 
 fn spec(limit: &str, period: BudgetPeriod, on_exhausted: OnExhausted) -> Option<BudgetSpec> {
-    Some(BudgetSpec { limit: usd(limit), period, on_exhausted, max_cost_per_call: None })
+    Some(BudgetSpec {
+        limit: usd(limit),
+        period,
+        on_exhausted,
+        max_cost_per_call: None,
+    })
 }
 
 fn day(limit: &str) -> Option<BudgetSpec> {
@@ -36,7 +41,10 @@ fn day(limit: &str) -> Option<BudgetSpec> {
 }
 
 fn section() -> BudgetSection {
-    BudgetSection { alert_thresholds: vec![50, 80, 100], alert_command: None }
+    BudgetSection {
+        alert_thresholds: vec![50, 80, 100],
+        alert_command: None,
+    }
 }
 
 fn record(agent: &str, cost: &str) -> CostRecord {
@@ -45,7 +53,11 @@ fn record(agent: &str, cost: &str) -> CostRecord {
         provider: "openai".into(),
         model: "gpt-4o".into(),
         tag: None,
-        usage: Usage { input_tokens: 100, output_tokens: 20, ..Usage::default() },
+        usage: Usage {
+            input_tokens: 100,
+            output_tokens: 20,
+            ..Usage::default()
+        },
         cost: usd(cost),
         at_ms: T0_MS,
     }
@@ -60,10 +72,18 @@ struct World {
 
 impl World {
     fn new() -> Self {
-        World { dir: tempfile::tempdir().unwrap(), clock: Arc::new(ManualClock::new(T0_MS)), stops: Arc::default() }
+        World {
+            dir: tempfile::tempdir().unwrap(),
+            clock: Arc::new(ManualClock::new(T0_MS)),
+            stops: Arc::default(),
+        }
     }
 
-    fn start_with(&self, agents: Vec<(AgentName, Option<BudgetSpec>)>, section: BudgetSection) -> BudgetHandle {
+    fn start_with(
+        &self,
+        agents: Vec<(AgentName, Option<BudgetSpec>)>,
+        section: BudgetSection,
+    ) -> BudgetHandle {
         let store = Arc::new(Store::open(self.dir.path()).unwrap());
         let stops = self.stops.clone();
         let on_stop = Arc::new(move |a: AgentName| stops.lock().unwrap().push(a));
@@ -108,11 +128,19 @@ fn reservation_arithmetic_is_exact() {
         let r2 = h.reserve(&a, Micros(1)).await.unwrap();
         assert_eq!((r1.amount(), r2.agent()), (Micros(999_999), &a));
         assert_eq!(h.remaining(&a).await, Some(Micros::ZERO));
-        let Err(Refusal::Exhausted(e)) = h.reserve(&a, Micros(1)).await else { panic!("must refuse") };
-        assert_eq!((e.limit, e.spent, e.reserved, e.requested), (usd("1"), Micros::ZERO, usd("1"), Micros(1)));
+        let Err(Refusal::Exhausted(e)) = h.reserve(&a, Micros(1)).await else {
+            panic!("must refuse")
+        };
+        assert_eq!(
+            (e.limit, e.spent, e.reserved, e.requested),
+            (usd("1"), Micros::ZERO, usd("1"), Micros(1))
+        );
         h.settle(r1, record("a", "0.25")).await.unwrap();
         let i = info(&h, "a").await;
-        assert_eq!((i.spent, i.reserved, i.remaining, i.calls), (usd("0.25"), Micros(1), Some(usd("0.749999")), 1));
+        assert_eq!(
+            (i.spent, i.reserved, i.remaining, i.calls),
+            (usd("0.25"), Micros(1), Some(usd("0.749999")), 1)
+        );
         drop(r2);
         assert_eq!(h.remaining(&a).await, Some(usd("0.75")));
         let r = h.reserve(&a, usd("0.75")).await.unwrap();
@@ -129,7 +157,10 @@ fn refusal_names_agent_budget_spent_and_reserved() {
         let h = w.start(vec![(name("researcher"), day("5"))]);
         spend(&h, "researcher", "5", "4.71").await;
         let _inflight = h.reserve(&name("researcher"), usd("0.12")).await.unwrap();
-        let e = h.reserve(&name("researcher"), usd("0.42")).await.unwrap_err();
+        let e = h
+            .reserve(&name("researcher"), usd("0.42"))
+            .await
+            .unwrap_err();
         assert_eq!(
             e.to_string(),
             "agent researcher's day budget of $5.00 cannot cover this call (worst case $0.42): $4.71 spent, $0.12 reserved by calls in flight"
@@ -144,7 +175,10 @@ fn twenty_concurrent_reservations_against_a_budget_for_five() {
         let w = World::new();
         let h = w.start(vec![(name("a"), day("1"))]);
         // Real parallelism: the gateway calls from tokio worker threads.
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .build()
+            .unwrap();
         let barrier = Arc::new(tokio::sync::Barrier::new(20));
         let tasks: Vec<_> = (0..20)
             .map(|_| {
@@ -178,7 +212,10 @@ fn twenty_concurrent_reservations_against_a_budget_for_five() {
             s.await.unwrap().unwrap();
         }
         let i = info(&h, "a").await;
-        assert_eq!((i.spent, i.reserved, i.calls), (usd("0.75"), Micros::ZERO, 5));
+        assert_eq!(
+            (i.spent, i.reserved, i.calls),
+            (usd("0.75"), Micros::ZERO, 5)
+        );
         rt.shutdown_background();
         shut(h).await;
     });
@@ -207,6 +244,12 @@ fn dropping_a_reservation_or_the_reserve_future_releases_it() {
         // A flush round trip through the writer orders us after any release.
         h.flush().await.unwrap();
         assert_eq!(h.remaining(&a).await, Some(usd("1")));
+        // A settle is booked when called, even if its future is never polled.
+        let r = h.reserve(&a, usd("0.5")).await.unwrap();
+        drop(h.settle(r, record("a", "0.25")));
+        h.flush().await.unwrap();
+        let i = info(&h, "a").await;
+        assert_eq!((i.spent, i.reserved), (usd("0.25"), Micros::ZERO));
         shut(h).await;
     });
 }
@@ -218,12 +261,18 @@ fn settle_above_the_reservation_books_the_real_cost() {
         let h = w.start(vec![(name("a"), day("1"))]);
         spend(&h, "a", "0.1", "0.3").await;
         let i = info(&h, "a").await;
-        assert_eq!((i.spent, i.reserved, i.remaining), (usd("0.3"), Micros::ZERO, Some(usd("0.7"))));
+        assert_eq!(
+            (i.spent, i.reserved, i.remaining),
+            (usd("0.3"), Micros::ZERO, Some(usd("0.7")))
+        );
         // Even past the limit: the money is gone, the next call is refused.
         spend(&h, "a", "0.7", "0.9").await;
         let i = info(&h, "a").await;
         assert_eq!((i.spent, i.remaining), (usd("1.2"), Some(Micros::ZERO)));
-        assert!(h.reserve(&name("a"), Micros::ZERO).await.is_err(), "overspent: nothing fits");
+        assert!(
+            h.reserve(&name("a"), Micros::ZERO).await.is_err(),
+            "overspent: nothing fits"
+        );
         shut(h).await;
     });
 }
@@ -236,12 +285,22 @@ fn unlimited_and_unknown_agents_are_metered() {
         let r = h.reserve(&name("free"), Micros(i64::MAX)).await.unwrap();
         h.settle(r, record("free", "12.5")).await.unwrap();
         let i = info(&h, "free").await;
-        assert_eq!((i.limit, i.spent, i.calls, i.remaining), (None, usd("12.5"), 1, None));
+        assert_eq!(
+            (i.limit, i.spent, i.calls, i.remaining),
+            (None, usd("12.5"), 1, None)
+        );
         spend(&h, "stranger", "1", "0.5").await;
         let all = h.show(None).await.unwrap();
         assert_eq!(all.len(), 1, "only configured agents are listed");
         assert_eq!(info(&h, "stranger").await.spent, usd("0.5"));
-        let c = h.costs(CostsRequest { by: CostsBy::Agent, since: None, agent: None }).await.unwrap();
+        let c = h
+            .costs(CostsRequest {
+                by: CostsBy::Agent,
+                since: None,
+                agent: None,
+            })
+            .await
+            .unwrap();
         assert_eq!(c.total, usd("13"));
         assert!(matches!(
             h.show(Some(name("nobody"))).await,
@@ -265,13 +324,20 @@ fn durable_spend_survives_reopening_the_file() {
         drop(_held);
         let h = w.start(vec![(name("a"), day("10")), (name("b"), None)]);
         let i = info(&h, "a").await;
-        assert_eq!((i.spent, i.calls, i.reserved), (usd("1.75"), 7, Micros::ZERO));
+        assert_eq!(
+            (i.spent, i.calls, i.reserved),
+            (usd("1.75"), 7, Micros::ZERO)
+        );
         assert_eq!(info(&h, "b").await.spent, usd("1"));
         // The sequence continues after a restart.
         spend(&h, "a", "0.5", "0.25").await;
         shut(h).await;
         let store = Store::open(w.dir.path()).unwrap();
-        let seqs: Vec<u64> = persist::read_events(&store).unwrap().into_iter().map(|(s, _)| s).collect();
+        let seqs: Vec<u64> = persist::read_events(&store)
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
         assert_eq!(seqs, (0..9).collect::<Vec<_>>());
     });
 }
@@ -281,11 +347,20 @@ fn durable_spend_survives_reopening_the_file() {
 #[test]
 #[ignore = "helper process for settled_spend_survives_sigkill"]
 fn crash_child() {
-    let Ok(dir) = std::env::var("IRONCAGE_BUDGET_CRASH_DIR") else { return };
+    let Ok(dir) = std::env::var("IRONCAGE_BUDGET_CRASH_DIR") else {
+        return;
+    };
     run(async move {
         let store = Arc::new(Store::open(Path::new(&dir)).unwrap());
         let clock = Arc::new(ManualClock::new(T0_MS));
-        let h = BudgetHandle::start(store, vec![(name("a"), day("1000"))], section(), clock, Arc::new(|_| {})).unwrap();
+        let h = BudgetHandle::start(
+            store,
+            vec![(name("a"), day("1000"))],
+            section(),
+            clock,
+            Arc::new(|_| {}),
+        )
+        .unwrap();
         for _ in 0..40 {
             spend(&h, "a", "1", "0.5").await;
         }
@@ -298,7 +373,8 @@ fn crash_child() {
             });
         }
         let a = name("a");
-        let _held: Vec<_> = futures_util::future::join_all((0..5).map(|_| h.reserve(&a, usd("2")))).await;
+        let _held: Vec<_> =
+            futures_util::future::join_all((0..5).map(|_| h.reserve(&a, usd("2")))).await;
         println!("DURABLE 40");
         use std::io::Write;
         std::io::stdout().flush().unwrap();
@@ -311,7 +387,13 @@ fn settled_spend_survives_sigkill() {
     use std::io::BufRead;
     let w = World::new();
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["actors::budget::tests::crash_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "actors::budget::tests::crash_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("IRONCAGE_BUDGET_CRASH_DIR", w.dir.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -329,11 +411,18 @@ fn settled_spend_survives_sigkill() {
     let durable = std::io::BufReader::new(out)
         .lines()
         .map_while(Result::ok)
-        .find_map(|l| l.strip_prefix("DURABLE ").map(|n| n.parse::<u64>().unwrap()))
+        // libtest may print the test's name on the same line first.
+        .find_map(|l| {
+            l.split_once("DURABLE ")
+                .map(|(_, n)| n.trim().parse::<u64>().unwrap())
+        })
         .expect("the child reports its durable settles");
     // SIGKILL: no destructor, no flush, no clean close of the database.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(guard.0.id() as i32), nix::sys::signal::Signal::SIGKILL)
-        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(guard.0.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let _ = guard.0.wait();
     drop(guard);
 
@@ -348,14 +437,21 @@ fn settled_spend_survives_sigkill() {
         .collect();
     drop(store);
     let n = spends.len() as u64;
-    assert!((durable..=durable + 20).contains(&n), "{n} events for {durable} durable settles");
+    assert!(
+        (durable..=durable + 20).contains(&n),
+        "{n} events for {durable} durable settles"
+    );
     run(async move {
         let h = w.start(vec![(name("a"), day("1000"))]);
         let i = info(&h, "a").await;
         // The checkpoint row agrees exactly with the events it was committed with.
         assert_eq!(i.spent, spends.iter().copied().sum::<Micros>());
         assert_eq!(i.calls, n);
-        assert_eq!(i.reserved, Micros::ZERO, "reservations of a dead process are gone");
+        assert_eq!(
+            i.reserved,
+            Micros::ZERO,
+            "reservations of a dead process are gone"
+        );
         shut(h).await;
     });
 }
@@ -366,9 +462,18 @@ fn day_week_and_month_roll_over_at_utc_boundaries() {
         let w = World::new();
         let h = w.start(vec![
             (name("d"), day("1")),
-            (name("w"), spec("1", BudgetPeriod::Week, OnExhausted::Refuse)),
-            (name("m"), spec("1", BudgetPeriod::Month, OnExhausted::Refuse)),
-            (name("t"), spec("1", BudgetPeriod::Total, OnExhausted::Refuse)),
+            (
+                name("w"),
+                spec("1", BudgetPeriod::Week, OnExhausted::Refuse),
+            ),
+            (
+                name("m"),
+                spec("1", BudgetPeriod::Month, OnExhausted::Refuse),
+            ),
+            (
+                name("t"),
+                spec("1", BudgetPeriod::Total, OnExhausted::Refuse),
+            ),
         ]);
         for a in ["d", "w", "m", "t"] {
             spend(&h, a, "0.9", "0.9").await;
@@ -376,14 +481,21 @@ fn day_week_and_month_roll_over_at_utc_boundaries() {
         }
         assert_eq!(info(&h, "d").await.period_start, 1_709_164_800);
         assert_eq!(info(&h, "d").await.period_end, Some(1_709_251_200));
-        assert_eq!(info(&h, "w").await.period_start, 1_708_905_600, "Monday 2024-02-26");
+        assert_eq!(
+            info(&h, "w").await.period_start,
+            1_708_905_600,
+            "Monday 2024-02-26"
+        );
 
         // One millisecond before midnight: still February 29th.
         w.clock.set(MAR_1_MS - 1);
         assert!(h.reserve(&name("d"), usd("0.2")).await.is_err());
         w.clock.set(MAR_1_MS);
         let d = info(&h, "d").await;
-        assert_eq!((d.spent, d.calls, d.period_start), (Micros::ZERO, 0, MAR_1_MS / 1000));
+        assert_eq!(
+            (d.spent, d.calls, d.period_start),
+            (Micros::ZERO, 0, MAR_1_MS / 1000)
+        );
         assert!(h.reserve(&name("d"), usd("1")).await.is_ok());
         assert_eq!(info(&h, "m").await.spent, Micros::ZERO, "March started");
         assert_eq!(info(&h, "w").await.spent, usd("0.9"), "same ISO week");
@@ -395,13 +507,25 @@ fn day_week_and_month_roll_over_at_utc_boundaries() {
         assert_eq!(info(&h, "w").await.spent, usd("0.95"));
         w.clock.set(MON_MAR_4_MS);
         let wk = info(&h, "w").await;
-        assert_eq!((wk.spent, wk.period_start, wk.period_end), (Micros::ZERO, MON_MAR_4_MS / 1000, Some(1_710_115_200)));
+        assert_eq!(
+            (wk.spent, wk.period_start, wk.period_end),
+            (Micros::ZERO, MON_MAR_4_MS / 1000, Some(1_710_115_200))
+        );
         assert_eq!(info(&h, "t").await.spent, usd("0.9"));
 
         // The rolled-over state is what a restart sees too.
         shut(h).await;
         w.clock.set(MON_MAR_4_MS + DAY_MS);
-        let h = w.start(vec![(name("m"), spec("1", BudgetPeriod::Month, OnExhausted::Refuse)), (name("t"), spec("1", BudgetPeriod::Total, OnExhausted::Refuse))]);
+        let h = w.start(vec![
+            (
+                name("m"),
+                spec("1", BudgetPeriod::Month, OnExhausted::Refuse),
+            ),
+            (
+                name("t"),
+                spec("1", BudgetPeriod::Total, OnExhausted::Refuse),
+            ),
+        ]);
         assert_eq!(info(&h, "m").await.spent, Micros::ZERO);
         assert_eq!(info(&h, "t").await.spent, usd("0.9"));
         shut(h).await;
@@ -410,7 +534,10 @@ fn day_week_and_month_roll_over_at_utc_boundaries() {
 
 fn read_alerts(path: &Path) -> Vec<serde_json::Value> {
     match std::fs::read_to_string(path) {
-        Ok(s) => s.lines().map(|l| serde_json::from_str(l).unwrap()).collect(),
+        Ok(s) => s
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect(),
         Err(_) => Vec::new(),
     }
 }
@@ -420,8 +547,15 @@ fn alerts_fire_once_each_per_period_and_persist() {
     run(async {
         let w = World::new();
         let file = w.dir.path().join("alerts.jsonl");
-        let cmd = vec!["sh".to_owned(), "-c".to_owned(), format!("cat >> '{}'", file.display())];
-        let sec = BudgetSection { alert_thresholds: vec![50, 80, 100], alert_command: Some(cmd) };
+        let cmd = vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            format!("cat >> '{}'", file.display()),
+        ];
+        let sec = BudgetSection {
+            alert_thresholds: vec![50, 80, 100],
+            alert_command: Some(cmd),
+        };
         let agents = || vec![(name("a"), day("1")), (name("quiet"), None)];
         let h = w.start_with(agents(), sec.clone());
         for cost in ["0.55", "0.3", "0.01", "0.2"] {
@@ -433,7 +567,12 @@ fn alerts_fire_once_each_per_period_and_persist() {
         let got = read_alerts(&file);
         let fired: Vec<(u64, i64)> = got
             .iter()
-            .map(|v| (v["threshold_percent"].as_u64().unwrap(), v["spent_micros"].as_i64().unwrap()))
+            .map(|v| {
+                (
+                    v["threshold_percent"].as_u64().unwrap(),
+                    v["spent_micros"].as_i64().unwrap(),
+                )
+            })
             .collect();
         assert_eq!(fired, vec![(50, 550_000), (80, 850_000), (100, 1_060_000)]);
         let first = &got[0];
@@ -460,14 +599,24 @@ fn alerts_fire_once_each_per_period_and_persist() {
         h.flush_alerts().await;
         let got = read_alerts(&file);
         assert_eq!(got.len(), 4);
-        assert_eq!((got[3]["threshold_percent"].as_u64(), got[3]["period_start"].as_u64()), (Some(50), Some(MAR_1_MS / 1000)));
+        assert_eq!(
+            (
+                got[3]["threshold_percent"].as_u64(),
+                got[3]["period_start"].as_u64()
+            ),
+            (Some(50), Some(MAR_1_MS / 1000))
+        );
 
         // Raising the limit re-arms what is no longer crossed; lowering it fires at once.
         h.set(name("a"), usd("2"), None).await.unwrap();
         assert!(info(&h, "a").await.alerts_fired.is_empty());
         h.set(name("a"), usd("0.7"), None).await.unwrap();
         h.flush_alerts().await;
-        let th: Vec<u64> = read_alerts(&file).iter().skip(4).map(|v| v["threshold_percent"].as_u64().unwrap()).collect();
+        let th: Vec<u64> = read_alerts(&file)
+            .iter()
+            .skip(4)
+            .map(|v| v["threshold_percent"].as_u64().unwrap())
+            .collect();
         assert_eq!(th, vec![50, 80]);
         shut(h).await;
     });
@@ -480,7 +629,10 @@ fn set_persists_until_the_configured_budget_changes() {
         let h = w.start(vec![(name("a"), day("1"))]);
         spend(&h, "a", "0", "0.4").await;
         let i = h.set(name("a"), usd("0.5"), None).await.unwrap();
-        assert_eq!((i.limit, i.period, i.overridden, i.remaining), (Some(usd("0.5")), BudgetPeriod::Day, true, Some(usd("0.1"))));
+        assert_eq!(
+            (i.limit, i.period, i.overridden, i.remaining),
+            (Some(usd("0.5")), BudgetPeriod::Day, true, Some(usd("0.1")))
+        );
         assert!(h.reserve(&name("a"), usd("0.2")).await.is_err());
         // Reload with the same config: the override stays.
         h.apply_config(vec![(name("a"), day("1"))], section()).await;
@@ -490,20 +642,34 @@ fn set_persists_until_the_configured_budget_changes() {
         // Restart with the same config: still overridden.
         let h = w.start(vec![(name("a"), day("1"))]);
         let i = info(&h, "a").await;
-        assert_eq!((i.limit, i.overridden, i.spent), (Some(usd("0.5")), true, usd("0.4")));
+        assert_eq!(
+            (i.limit, i.overridden, i.spent),
+            (Some(usd("0.5")), true, usd("0.4"))
+        );
         // The config's budget changes: the config wins.
         h.apply_config(vec![(name("a"), day("3"))], section()).await;
         let i = info(&h, "a").await;
         assert_eq!((i.limit, i.overridden), (Some(usd("3")), false));
-        h.set(name("a"), usd("0.5"), Some(BudgetPeriod::Month)).await.unwrap();
+        h.set(name("a"), usd("0.5"), Some(BudgetPeriod::Month))
+            .await
+            .unwrap();
         shut(h).await;
 
         // Changed in the file while the daemon was down: the config wins at start.
         let h = w.start(vec![(name("a"), day("2"))]);
         let i = info(&h, "a").await;
-        assert_eq!((i.limit, i.period, i.overridden), (Some(usd("2")), BudgetPeriod::Day, false));
-        assert!(matches!(h.set(name("ghost"), usd("1"), None).await, Err(BudgetError::UnknownAgent(_))));
-        assert!(matches!(h.set(name("a"), Micros(-1), None).await, Err(BudgetError::NegativeLimit(_))));
+        assert_eq!(
+            (i.limit, i.period, i.overridden),
+            (Some(usd("2")), BudgetPeriod::Day, false)
+        );
+        assert!(matches!(
+            h.set(name("ghost"), usd("1"), None).await,
+            Err(BudgetError::UnknownAgent(_))
+        ));
+        assert!(matches!(
+            h.set(name("a"), Micros(-1), None).await,
+            Err(BudgetError::NegativeLimit(_))
+        ));
         shut(h).await;
     });
 }
@@ -519,9 +685,18 @@ fn set_can_change_the_period_with_the_right_spend() {
         w.clock.advance(DAY_MS); // March 2nd.
         spend(&h, "a", "0", "0.1").await;
         assert_eq!(info(&h, "a").await.spent, usd("0.1"));
-        let i = h.set(name("a"), usd("5"), Some(BudgetPeriod::Month)).await.unwrap();
-        assert_eq!((i.spent, i.calls, i.period_start), (usd("0.3"), 2, MAR_1_MS / 1000));
-        let i = h.set(name("a"), usd("5"), Some(BudgetPeriod::Total)).await.unwrap();
+        let i = h
+            .set(name("a"), usd("5"), Some(BudgetPeriod::Month))
+            .await
+            .unwrap();
+        assert_eq!(
+            (i.spent, i.calls, i.period_start),
+            (usd("0.3"), 2, MAR_1_MS / 1000)
+        );
+        let i = h
+            .set(name("a"), usd("5"), Some(BudgetPeriod::Total))
+            .await
+            .unwrap();
         assert_eq!((i.spent, i.period_end), (usd("0.6"), None));
         shut(h).await;
     });
@@ -535,19 +710,38 @@ fn reset_zeroes_the_period_and_keeps_history() {
         spend(&h, "a", "0", "0.6").await;
         assert_eq!(info(&h, "a").await.alerts_fired, vec![50]);
         let i = h.reset(name("a")).await.unwrap();
-        assert_eq!((i.spent, i.calls, i.alerts_fired.len()), (Micros::ZERO, 0, 0));
+        assert_eq!(
+            (i.spent, i.calls, i.alerts_fired.len()),
+            (Micros::ZERO, 0, 0)
+        );
         assert!(h.reserve(&name("a"), usd("1")).await.is_ok());
-        let c = h.costs(CostsRequest { by: CostsBy::Agent, since: None, agent: None }).await.unwrap();
+        let c = h
+            .costs(CostsRequest {
+                by: CostsBy::Agent,
+                since: None,
+                agent: None,
+            })
+            .await
+            .unwrap();
         assert_eq!(c.total, usd("0.6"), "history stays");
-        assert!(matches!(h.reset(name("ghost")).await, Err(BudgetError::UnknownAgent(_))));
+        assert!(matches!(
+            h.reset(name("ghost")).await,
+            Err(BudgetError::UnknownAgent(_))
+        ));
         shut(h).await;
         let store = Store::open(w.dir.path()).unwrap();
         let ev = persist::read_events(&store).unwrap();
-        let StoredEvent::Reset(r) = &ev[1].1 else { panic!("{ev:?}") };
+        let StoredEvent::Reset(r) = &ev[1].1 else {
+            panic!("{ev:?}")
+        };
         assert_eq!((r.spent_before, r.period), (usd("0.6"), BudgetPeriod::Day));
         drop(store);
         let h = w.start(vec![(name("a"), day("1"))]);
-        assert_eq!(info(&h, "a").await.spent, Micros::ZERO, "the reset is durable");
+        assert_eq!(
+            info(&h, "a").await.spent,
+            Micros::ZERO,
+            "the reset is durable"
+        );
         shut(h).await;
     });
 }
@@ -557,7 +751,13 @@ fn costs_group_and_filter() {
     run(async {
         let w = World::new();
         let h = w.start(vec![(name("a"), None), (name("b"), None)]);
-        let mk = |agent: &str, provider: &str, model: &str, tag: Option<&str>, cost: &str, at_ms: u64, estimated: bool| {
+        let mk = |agent: &str,
+                  provider: &str,
+                  model: &str,
+                  tag: Option<&str>,
+                  cost: &str,
+                  at_ms: u64,
+                  estimated: bool| {
             CostRecord {
                 agent: name(agent),
                 provider: provider.into(),
@@ -577,10 +777,34 @@ fn costs_group_and_filter() {
             }
         };
         let records = [
-            mk("a", "openai", "gpt-4o", Some("search"), "1", 1_000_000, false),
+            mk(
+                "a",
+                "openai",
+                "gpt-4o",
+                Some("search"),
+                "1",
+                1_000_000,
+                false,
+            ),
             mk("a", "openai", "gpt-4o-mini", None, "0.25", 2_000_000, true),
-            mk("b", "anthropic", "claude-sonnet-4-5", Some("search"), "2", 3_000_000, false),
-            mk("b", "openai", "gpt-4o", Some("write"), "0.5", 4_000_000, false),
+            mk(
+                "b",
+                "anthropic",
+                "claude-sonnet-4-5",
+                Some("search"),
+                "2",
+                3_000_000,
+                false,
+            ),
+            mk(
+                "b",
+                "openai",
+                "gpt-4o",
+                Some("write"),
+                "0.5",
+                4_000_000,
+                false,
+            ),
         ];
         for r in records {
             let res = h.reserve(&r.agent, Micros::ZERO).await.unwrap();
@@ -590,14 +814,29 @@ fn costs_group_and_filter() {
             let (h, agent) = (h.clone(), agent.map(name));
             async move { h.costs(CostsRequest { by, since, agent }).await.unwrap() }
         };
-        let keys = |c: &CostsReport| c.rows.iter().map(|r| (r.key.clone(), r.cost, r.calls)).collect::<Vec<_>>();
+        let keys = |c: &CostsReport| {
+            c.rows
+                .iter()
+                .map(|r| (r.key.clone(), r.cost, r.calls))
+                .collect::<Vec<_>>()
+        };
 
         let by_agent = q(CostsBy::Agent, None, None).await;
-        assert_eq!(keys(&by_agent), vec![("b".into(), usd("2.5"), 2), ("a".into(), usd("1.25"), 2)]);
+        assert_eq!(
+            keys(&by_agent),
+            vec![("b".into(), usd("2.5"), 2), ("a".into(), usd("1.25"), 2)]
+        );
         assert_eq!(by_agent.total, usd("3.75"));
         let a = &by_agent.rows[1];
         assert_eq!(
-            (a.input_tokens, a.output_tokens, a.cache_read_tokens, a.cache_write_tokens, a.reasoning_tokens, a.estimated_calls),
+            (
+                a.input_tokens,
+                a.output_tokens,
+                a.cache_read_tokens,
+                a.cache_write_tokens,
+                a.reasoning_tokens,
+                a.estimated_calls
+            ),
             (20, 10, 6, 4, 2, 1)
         );
         assert_eq!(
@@ -610,11 +849,18 @@ fn costs_group_and_filter() {
         );
         assert_eq!(
             keys(&q(CostsBy::Provider, None, None).await),
-            vec![("anthropic".into(), usd("2"), 1), ("openai".into(), usd("1.75"), 3)]
+            vec![
+                ("anthropic".into(), usd("2"), 1),
+                ("openai".into(), usd("1.75"), 3)
+            ]
         );
         assert_eq!(
             keys(&q(CostsBy::Tag, None, None).await),
-            vec![("search".into(), usd("3"), 2), ("write".into(), usd("0.5"), 1), ("-".into(), usd("0.25"), 1)]
+            vec![
+                ("search".into(), usd("3"), 2),
+                ("write".into(), usd("0.5"), 1),
+                ("-".into(), usd("0.25"), 1)
+            ]
         );
         let since = q(CostsBy::Agent, Some(2000), None).await;
         assert_eq!((since.total, since.since), (usd("2.75"), Some(2000)));
@@ -630,10 +876,17 @@ fn costs_group_and_filter() {
 fn on_exhausted_stop_calls_back_once_per_period() {
     run(async {
         let w = World::new();
-        let h = w.start(vec![(name("a"), spec("1", BudgetPeriod::Day, OnExhausted::Stop)), (name("r"), day("1"))]);
+        let h = w.start(vec![
+            (name("a"), spec("1", BudgetPeriod::Day, OnExhausted::Stop)),
+            (name("r"), day("1")),
+        ]);
         let held = h.reserve(&name("a"), usd("0.8")).await.unwrap();
         let e = h.reserve(&name("a"), usd("0.3")).await.unwrap_err();
-        assert!(e.to_string().ends_with("the agent is being stopped (on_exhausted = \"stop\")"), "{e}");
+        assert!(
+            e.to_string()
+                .ends_with("the agent is being stopped (on_exhausted = \"stop\")"),
+            "{e}"
+        );
         for _ in 0..5 {
             assert!(h.reserve(&name("a"), usd("0.3")).await.is_err());
         }
@@ -666,14 +919,27 @@ fn reload_adds_and_removes_agents_and_close_fails_closed() {
         spend(&h, "a", "0", "0.5").await;
         h.apply_config(vec![(name("b"), day("2"))], section()).await;
         let all = h.show(None).await.unwrap();
-        assert_eq!(all.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(), vec!["b"]);
+        assert_eq!(
+            all.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
+            vec!["b"]
+        );
         // Back again the same day: its spend is still there.
-        h.apply_config(vec![(name("a"), day("1")), (name("b"), day("2"))], section()).await;
+        h.apply_config(
+            vec![(name("a"), day("1")), (name("b"), day("2"))],
+            section(),
+        )
+        .await;
         assert_eq!(info(&h, "a").await.spent, usd("0.5"));
         let r = h.reserve(&name("a"), usd("0.1")).await.unwrap();
         h.close().await;
-        assert_eq!(h.reserve(&name("a"), Micros(1)).await.unwrap_err(), Refusal::Unavailable);
-        assert!(matches!(h.settle(r, record("a", "0.1")).await, Err(BudgetError::Unavailable)));
+        assert_eq!(
+            h.reserve(&name("a"), Micros(1)).await.unwrap_err(),
+            Refusal::Unavailable
+        );
+        assert!(matches!(
+            h.settle(r, record("a", "0.1")).await,
+            Err(BudgetError::Unavailable)
+        ));
         assert_eq!(h.remaining(&name("a")).await, Some(Micros::ZERO));
         drop(h);
         // The writer released the file.
@@ -702,7 +968,11 @@ fn bench_reserve_settle() {
     // Production threading: the actor on the System thread, callers on a
     // two-worker tokio runtime underneath.
     let system = actix_rt::System::with_tokio_rt(|| {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
     });
     let path = dir.path().to_owned();
     system.block_on(async move {

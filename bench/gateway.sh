@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Gateway overhead benchmark: the same open-loop load sent straight to the mock
+# provider and through ironcaged's gateway, in one run (gateway-bench --direct).
+#
+# The load generator runs *as a supervised agent*, so it holds a real per-agent
+# virtual key and every request takes the full policy path: key lookup,
+# budget reservation and settlement (the agent has a budget), JSON parse,
+# upstream with the real key injected, usage extraction and pricing.
+#
+#   bench/gateway.sh                  # 2,000 req/s for 10 s, 4 KiB prompts
+#   RATE=5000 DURATION=20 bench/gateway.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RATE=${RATE:-2000}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+PROMPT_BYTES=${PROMPT_BYTES:-4096}
+
+cargo build --release --locked -q -p ironcaged -p ironctl -p ironcage-mock-provider -p ironcage-bench
+BIN="$PWD/target/release"
+RUN=$(mktemp -d /tmp/ironcage-gwbench.XXXXXX)
+MOCK_PID=""; DAEMON_PID=""
+cleanup() {
+    [ -n "$DAEMON_PID" ] && kill "$DAEMON_PID" 2>/dev/null && wait "$DAEMON_PID" 2>/dev/null || true
+    [ -n "$MOCK_PID" ] && kill "$MOCK_PID" 2>/dev/null && wait "$MOCK_PID" 2>/dev/null || true
+    rm -rf "$RUN"
+}
+trap cleanup EXIT
+
+"$BIN/ironcage-mock-provider" --listen 127.0.0.1:0 --addr-file "$RUN/mock.addr" \
+    --openai-key sk-bench-real --threads 1 >/dev/null &
+MOCK_PID=$!
+for _ in $(seq 1 300); do [ -s "$RUN/mock.addr" ] && break; sleep 0.1; done
+MOCK=$(cat "$RUN/mock.addr")
+
+cat > "$RUN/ironcaged.toml" <<TOML
+[daemon]
+socket = "$RUN/ironcaged.sock"
+state_dir = "$RUN/state"
+
+[[provider]]
+name = "openai"
+kind = "openai"
+base_url = "$MOCK/v1"
+api_key_env = "BENCH_OPENAI_KEY"
+
+[[agent]]
+name = "bench"
+restart = "never"
+budget_usd = 100000.0
+budget_period = "day"
+# \$PPID is ironcaged itself: its CPU per request is reported.
+command = ["sh", "-c", "exec $BIN/gateway-bench --target \"\$OPENAI_BASE_URL\" --api-key \"\$OPENAI_API_KEY\" --direct $MOCK --direct-api-key sk-bench-real --rate $RATE --duration-secs $DURATION --warmup-secs $WARMUP --connections 32 --prompt-bytes $PROMPT_BYTES --model gpt-4o-mini --target-pid \$PPID --direct-pid $MOCK_PID > $RUN/report.txt 2>&1"]
+TOML
+
+BENCH_OPENAI_KEY=sk-bench-real RUST_LOG=warn "$BIN/ironcaged" --config "$RUN/ironcaged.toml" 2>"$RUN/ironcaged.log" &
+DAEMON_PID=$!
+export IRONCAGE_SOCKET="$RUN/ironcaged.sock"
+for _ in $(seq 1 300); do "$BIN/ironctl" daemon ping >/dev/null 2>&1 && break; sleep 0.1; done
+echo "running: ${RATE} req/s for ${DURATION}s per phase (direct, gateway, direct), ${PROMPT_BYTES}-byte prompts..."
+for _ in $(seq 1 $(( (3 * (DURATION + WARMUP) + 60) * 10 ))); do
+    state=$("$BIN/ironctl" --json agents status bench | sed -n 's/.*"state": "\([a-z_]*\)".*/\1/p')
+    [ "$state" = exited ] && break
+    sleep 0.1
+done
+cat "$RUN/report.txt"
+echo
+"$BIN/ironctl" budget show bench
