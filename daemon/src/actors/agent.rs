@@ -388,12 +388,7 @@ impl AgentActor {
                 }
             }
             Phase::Idle => {
-                if !matches!(self.idle_state, AgentState::Stopped) || then_start {
-                    self.stop_reason = Some(reason);
-                }
-                if self.idle_state != AgentState::Failed && self.idle_state != AgentState::Exited {
-                    self.idle_state = AgentState::Stopped;
-                }
+                // Not running: nothing to stop. A restart starts it afresh.
                 let _ = tx.send(());
                 if then_start {
                     self.reset_crash_counters();
@@ -485,18 +480,26 @@ impl Handler<Kill> for AgentActor {
     }
 }
 
-/// Replace the spec (config reload): a running agent restarts with the new one.
+/// Replace the spec (config reload). With `restart`, an active agent (running
+/// or waiting to restart) restarts with the new spec, and one that had exited
+/// or failed gets a fresh start; without it (only settings that do not affect
+/// the process changed, e.g. its budget) the new spec applies from the next
+/// spawn on.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct UpdateSpec(pub AgentSpec);
+pub struct UpdateSpec {
+    pub spec: AgentSpec,
+    pub restart: bool,
+}
 
 impl Handler<UpdateSpec> for AgentActor {
     type Result = ResponseFuture<()>;
     fn handle(&mut self, m: UpdateSpec, ctx: &mut Context<Self>) -> Self::Result {
-        let was_active = matches!(self.phase, Phase::Running { .. } | Phase::Backoff { .. } | Phase::Stopping { .. });
-        let autostart = m.0.autostart;
-        self.spec = m.0;
-        let rx = if was_active || (autostart && self.idle_state != AgentState::Stopped) {
+        let active = matches!(self.phase, Phase::Running { .. } | Phase::Backoff { .. } | Phase::Stopping { .. });
+        let ended = matches!(self.phase, Phase::Idle) && matches!(self.idle_state, AgentState::Exited | AgentState::Failed);
+        let autostart = m.spec.autostart;
+        self.spec = m.spec;
+        let rx = if m.restart && (active || (autostart && ended)) {
             self.begin_stop(StopReason::Reload, true, ctx)
         } else {
             self.publish();

@@ -84,11 +84,16 @@ impl Handler<Apply> for Supervisor {
             match self.agents.get_mut(&spec.name) {
                 Some(s) if s.spec == spec => {}
                 Some(s) => {
-                    summary.changed.push(spec.name.clone());
+                    // Only a change to what runs restarts the agent; budget,
+                    // restart policy and the like apply in place.
+                    let restart = !s.spec.same_process(&spec);
+                    if restart {
+                        summary.changed.push(spec.name.clone());
+                    }
                     s.spec = spec.clone();
                     let addr = s.addr.clone();
                     pending.push(Box::pin(async move {
-                        let _ = addr.send(UpdateSpec(spec)).await;
+                        let _ = addr.send(UpdateSpec { spec, restart }).await;
                     }));
                 }
                 None => {
