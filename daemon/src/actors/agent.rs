@@ -213,7 +213,7 @@ impl AgentActor {
                     self.spec.command[0],
                     self.spec.working_dir.display()
                 );
-                tracing::error!(agent = %self.spec.name, "{msg}");
+                // note() logs it too (target "agent"), once.
                 self.note(msg);
                 self.phase = Phase::Running { pid: 0, started: Instant::now() };
                 // A spawn failure is a failed run: same backoff and crash-loop rules.
@@ -468,11 +468,19 @@ pub struct Kill {
 
 impl Handler<Kill> for AgentActor {
     type Result = Result<String, String>;
-    fn handle(&mut self, m: Kill, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, m: Kill, ctx: &mut Context<Self>) -> Self::Result {
         let sig = Signal::try_from(m.signal).map_err(|_| format!("{} is not a signal number", m.signal))?;
         let pid = self.pid().ok_or_else(|| format!("agent {} is not running ({})", self.spec.name, self.state().as_str()))?;
         if matches!(sig, Signal::SIGKILL | Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT) {
+            // Its exit within the grace period is the operator's stop; if it
+            // handles the signal and lives on, a later crash is just a crash.
             self.operator_kill = true;
+            let generation = self.generation;
+            ctx.run_later(self.spec.stop_grace.max(Duration::from_secs(5)), move |act, _| {
+                if act.generation == generation {
+                    act.operator_kill = false;
+                }
+            });
         }
         self.signal_group(pid, sig).map_err(|e| format!("cannot signal agent {}: {e}", self.spec.name))?;
         tracing::info!(agent = %self.spec.name, pid, signal = %sig, "operator signalled agent");

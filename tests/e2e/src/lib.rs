@@ -15,12 +15,19 @@ pub const WAIT: Duration = Duration::from_secs(60);
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test-binary>
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
 }
 
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(p.exists(), "{} is not built; run `cargo build --workspace` first", p.display());
+    assert!(
+        p.exists(),
+        "{} is not built; run `cargo build --workspace` first",
+        p.display()
+    );
     p
 }
 
@@ -32,7 +39,10 @@ pub fn wait_for<T>(what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
         if let Some(v) = cond() {
             return v;
         }
-        assert!(start.elapsed() < WAIT, "timed out after {WAIT:?} waiting for {what}");
+        assert!(
+            start.elapsed() < WAIT,
+            "timed out after {WAIT:?} waiting for {what}"
+        );
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(100));
     }
@@ -42,7 +52,10 @@ pub fn pid_alive(pid: i32) -> bool {
     // kill(pid, 0) succeeds for zombies too; check /proc state.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => {
-            let state = s.rsplit(')').next().and_then(|r| r.split_whitespace().next());
+            let state = s
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
             state != Some("Z")
         }
         Err(_) => false,
@@ -63,8 +76,12 @@ pub struct Daemon {
 impl Daemon {
     /// Writes `config` (TOML; `{dir}` is replaced by the temp dir) and prepares paths.
     pub fn new(config: &str) -> Daemon {
-        let dir = tempfile::Builder::new().prefix("ironcage-e2e-").tempdir().expect("tempdir");
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let dir = tempfile::Builder::new()
+            .prefix("ironcage-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
         let d = Daemon {
             config: dir.path().join("ironcaged.toml"),
             socket: dir.path().join("run/ironcaged.sock"),
@@ -102,12 +119,17 @@ impl Daemon {
         c
     }
 
-    /// Starts the daemon and waits until it answers `daemon ping`.
+    /// Starts the daemon and waits until it is ready (see [`Daemon::start_with`]).
     pub fn start(&mut self) {
         self.start_with(|_| {});
     }
 
+    /// Like [`Daemon::start`], with `tweak` applied to the command first. Waits
+    /// until the daemon answers `daemon ping` and has logged `ironcaged ready`
+    /// (its readiness point, where it tells systemd `READY=1`).
     pub fn start_with(&mut self, tweak: impl FnOnce(&mut Command)) {
+        // Lines of a previous run on this Daemon do not count.
+        self.stderr_lines = Default::default();
         let mut c = self.command();
         c.stdout(Stdio::null()).stderr(Stdio::piped());
         tweak(&mut c);
@@ -123,8 +145,18 @@ impl Daemon {
         self.child = Some(child);
         let pid = self.pid();
         wait_for("the daemon to answer ping", || {
-            assert!(pid_alive(pid as i32), "ironcaged exited during start; its stderr is above");
+            assert!(
+                pid_alive(pid as i32),
+                "ironcaged exited during start; its stderr is above"
+            );
             self.ctl(&["daemon", "ping"]).status.success().then_some(())
+        });
+        wait_for("the daemon to log that it is ready", || {
+            assert!(
+                pid_alive(pid as i32),
+                "ironcaged exited during start; its stderr is above"
+            );
+            self.stderr_contains("ironcaged ready").then_some(())
         });
     }
 
@@ -155,12 +187,18 @@ impl Daemon {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!("ironctl {args:?} printed invalid JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+            panic!(
+                "ironctl {args:?} printed invalid JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
         })
     }
 
     pub fn agents(&self) -> Vec<serde_json::Value> {
-        self.ctl_json(&["agents", "list"]).as_array().expect("array").clone()
+        self.ctl_json(&["agents", "list"])
+            .as_array()
+            .expect("array")
+            .clone()
     }
 
     pub fn agent(&self, name: &str) -> serde_json::Value {
@@ -188,7 +226,11 @@ impl Daemon {
     }
 
     pub fn stderr_contains(&self, needle: &str) -> bool {
-        self.stderr_lines.lock().expect("lines").iter().any(|l| l.contains(needle))
+        self.stderr_lines
+            .lock()
+            .expect("lines")
+            .iter()
+            .any(|l| l.contains(needle))
     }
 }
 
@@ -224,7 +266,9 @@ impl Daemon {
     /// Waits until `name` is running and returns its pid.
     pub fn wait_running(&self, name: &str) -> i32 {
         let a = self.wait_state(name, "running");
-        a["pid"].as_i64().unwrap_or_else(|| panic!("running agent {name} has no pid: {a}")) as i32
+        a["pid"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("running agent {name} has no pid: {a}")) as i32
     }
 
     /// Waits until `cond` holds for agent `name`'s status; returns the status.
@@ -243,7 +287,10 @@ impl Daemon {
     /// The last `n` captured lines of agent `name` (stdout and stderr), as text.
     pub fn logs(&self, name: &str, n: u32) -> Vec<String> {
         let n = n.to_string();
-        self.ctl_ok(&["agents", "logs", name, "-n", &n]).lines().map(str::to_owned).collect()
+        self.ctl_ok(&["agents", "logs", name, "-n", &n])
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Waits until agent `name`'s log has a line containing `needle`; returns all lines.
@@ -261,18 +308,24 @@ impl Daemon {
 
     /// Waits until the daemon's stderr has a line containing `needle`.
     pub fn wait_stderr(&self, needle: &str) {
-        wait_for(&format!("the daemon to log {needle:?}"), || self.stderr_contains(needle).then_some(()));
+        wait_for(&format!("the daemon to log {needle:?}"), || {
+            self.stderr_contains(needle).then_some(())
+        });
     }
 
     /// Sends `sig` to the daemon without waiting.
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig).expect("signal daemon");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig)
+            .expect("signal daemon");
     }
 }
 
 /// `[[agent]]` TOML for an `sh -c SCRIPT` agent, plus `extra` lines (`key = value`).
 pub fn sh_agent(name: &str, script: &str, extra: &str) -> String {
-    assert!(!script.contains("'''"), "script must not contain three single quotes");
+    assert!(
+        !script.contains("'''"),
+        "script must not contain three single quotes"
+    );
     format!("\n[[agent]]\nname = \"{name}\"\ncommand = [\"sh\", \"-c\", '''{script}''']\n{extra}\n")
 }
 
@@ -298,12 +351,18 @@ fn all_pids() -> Vec<i32> {
 
 /// Live (non-zombie) processes in process group `pgid`.
 pub fn group_members(pgid: i32) -> Vec<i32> {
-    all_pids().into_iter().filter(|p| proc_stat(*p).is_some_and(|(_, g)| g == pgid)).collect()
+    all_pids()
+        .into_iter()
+        .filter(|p| proc_stat(*p).is_some_and(|(_, g)| g == pgid))
+        .collect()
 }
 
 /// Live (non-zombie) direct children of `pid`.
 pub fn children_of(pid: i32) -> Vec<i32> {
-    all_pids().into_iter().filter(|p| proc_stat(*p).is_some_and(|(pp, _)| pp == pid)).collect()
+    all_pids()
+        .into_iter()
+        .filter(|p| proc_stat(*p).is_some_and(|(pp, _)| pp == pid))
+        .collect()
 }
 
 /// Waits until none of `pids` is alive (zombies count as gone).
@@ -317,7 +376,12 @@ pub fn wait_gone(what: &str, pids: &[i32]) {
 /// longer than [`WAIT`] (it is killed first).
 pub fn run_bounded(cmd: &mut Command) -> Output {
     use std::io::Read;
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
     let mut out = child.stdout.take().expect("stdout");
     let mut err = child.stderr.take().expect("stderr");
     let t_out = std::thread::spawn(move || {
@@ -342,7 +406,11 @@ pub fn run_bounded(cmd: &mut Command) -> Output {
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    Output { status, stdout: t_out.join().expect("stdout reader"), stderr: t_err.join().expect("stderr reader") }
+    Output {
+        status,
+        stdout: t_out.join().expect("stdout reader"),
+        stderr: t_err.join().expect("stderr reader"),
+    }
 }
 
 /// True when the tests run as root (needed to switch users).
@@ -353,7 +421,10 @@ pub fn is_root() -> bool {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             let deadline = Instant::now() + Duration::from_secs(20);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {
@@ -393,14 +464,21 @@ impl RawClient {
         match ironcage_shared::framing::read_frame_sync(&mut self.stream) {
             Ok(Some(p)) => Some(ironcage_shared::framing::decode(&p).expect("decode response")),
             Ok(None) => None,
-            Err(ironcage_shared::framing::FrameError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
+            Err(ironcage_shared::framing::FrameError::Io(e))
+                if e.kind() == std::io::ErrorKind::ConnectionReset =>
+            {
+                None
+            }
             Err(e) => panic!("bad frame from daemon: {e}"),
         }
     }
 
     pub fn hello(&mut self) -> ironcage_shared::protocol::Response {
         use ironcage_shared::protocol::*;
-        self.send(&Request::Hello(HelloRequest { protocol_version: PROTOCOL_VERSION, client: "e2e".into() }));
+        self.send(&Request::Hello(HelloRequest {
+            protocol_version: PROTOCOL_VERSION,
+            client: "e2e".into(),
+        }));
         self.recv().expect("hello response")
     }
 }

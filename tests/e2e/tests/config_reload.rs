@@ -2,6 +2,9 @@
 //! start, removed ones stop, changed ones restart; an invalid config changes
 //! nothing.
 
+// Helpers here run only inside tests: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use ironcage_e2e::*;
 use nix::sys::signal::Signal;
 use std::collections::HashMap;
@@ -10,14 +13,22 @@ fn config_v1() -> String {
     let mut c = String::new();
     c += &sh_agent("keep", "exec sleep 1000", "");
     c += &sh_agent("gone", "sleep 1000 & echo child=$!; wait", "");
-    c += &sh_agent("changed", "echo version=$VERSION; exec sleep 1000", "env = { VERSION = \"1\" }");
+    c += &sh_agent(
+        "changed",
+        "echo version=$VERSION; exec sleep 1000",
+        "env = { VERSION = \"1\" }",
+    );
     c
 }
 
 fn config_v2() -> String {
     let mut c = String::new();
     c += &sh_agent("keep", "exec sleep 1000", "");
-    c += &sh_agent("changed", "echo version=$VERSION; exec sleep 1000", "env = { VERSION = \"2\" }");
+    c += &sh_agent(
+        "changed",
+        "echo version=$VERSION; exec sleep 1000",
+        "env = { VERSION = \"2\" }",
+    );
     c += &sh_agent("added", "echo added-ran; exec sleep 1000", "");
     c
 }
@@ -26,7 +37,12 @@ fn running_pids(d: &Daemon) -> HashMap<String, i64> {
     d.agents()
         .iter()
         .filter(|a| a["state"] == "running")
-        .map(|a| (a["name"].as_str().unwrap().to_owned(), a["pid"].as_i64().unwrap()))
+        .map(|a| {
+            (
+                a["name"].as_str().unwrap().to_owned(),
+                a["pid"].as_i64().unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -44,7 +60,9 @@ fn add_remove_change(trigger: Trigger) {
     let changed = d.wait_running("changed");
     d.wait_log("changed", "version=1");
     let gone_child: i32 = wait_for("the child pid of `gone`", || {
-        d.logs("gone", 10).iter().find_map(|l| l.strip_prefix("child=")?.parse().ok())
+        d.logs("gone", 10)
+            .iter()
+            .find_map(|l| l.strip_prefix("child=")?.parse().ok())
     });
     let gone_group = group_members(gone);
     assert!(gone_group.contains(&gone_child));
@@ -54,17 +72,26 @@ fn add_remove_change(trigger: Trigger) {
         Trigger::Ctl => {
             let out = d.ctl_ok(&["daemon", "reload"]);
             assert!(out.contains("reloaded"), "{out}");
-            assert!(out.contains("added") && out.contains("gone") && out.contains("changed"), "{out}");
+            assert!(
+                out.contains("added") && out.contains("gone") && out.contains("changed"),
+                "{out}"
+            );
             // Synchronous: when the command returns, the new config is applied.
-            let names: Vec<String> =
-                d.agents().iter().map(|a| a["name"].as_str().unwrap().to_owned()).collect();
+            let names: Vec<String> = d
+                .agents()
+                .iter()
+                .map(|a| a["name"].as_str().unwrap().to_owned())
+                .collect();
             assert_eq!(names, ["added", "changed", "keep"]);
         }
         Trigger::Sighup => {
             d.signal(Signal::SIGHUP);
             wait_for("the reload to add `added` and drop `gone`", || {
-                let names: Vec<String> =
-                    d.agents().iter().map(|a| a["name"].as_str().unwrap().to_owned()).collect();
+                let names: Vec<String> = d
+                    .agents()
+                    .iter()
+                    .map(|a| a["name"].as_str().unwrap().to_owned())
+                    .collect();
                 (names == ["added", "changed", "keep"]).then_some(())
             });
         }
@@ -79,7 +106,10 @@ fn add_remove_change(trigger: Trigger) {
     let new_changed = d.wait_agent("changed", "a new process", |a| {
         a["state"] == "running" && a["pid"].as_i64() != Some(i64::from(changed))
     });
-    assert_eq!(new_changed["restarts"], 0, "a reload is not a crash: {new_changed}");
+    assert_eq!(
+        new_changed["restarts"], 0,
+        "a reload is not a crash: {new_changed}"
+    );
     d.wait_log("changed", "version=2");
     wait_gone("the changed agent's old process", &[changed]);
     // The unchanged one was not touched.
@@ -104,7 +134,13 @@ fn ctl_reload_adds_removes_and_restarts_changed_agents() {
 /// equal to `at` (where the error is).
 fn broken(bad: &str, at: &str) -> (String, usize) {
     let text = format!("{}{bad}", config_v1());
-    let line = text.lines().enumerate().filter(|(_, l)| l.trim() == at).map(|(i, _)| i + 1).last().unwrap();
+    let line = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim() == at)
+        .map(|(i, _)| i + 1)
+        .last()
+        .unwrap();
     (text, line)
 }
 
@@ -125,21 +161,30 @@ fn invalid_reload_keeps_running(bad: &str, at: &str, key: Option<&str>) {
     let err = String::from_utf8_lossy(&out.stderr);
     let file = std::fs::canonicalize(&d.config).unwrap();
     assert!(
-        err.contains(&format!("{}:{line}", file.display())) || err.contains(&format!("{}:{line}", d.config.display())),
+        err.contains(&format!("{}:{line}", file.display()))
+            || err.contains(&format!("{}:{line}", d.config.display())),
         "the error names the file and line {line}: {err}"
     );
     if let Some(k) = key {
         assert!(err.contains(k), "the error names the key {k}: {err}");
     }
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert_eq!(running_pids(&d), before, "a rejected reload touched the agents");
+    assert_eq!(
+        running_pids(&d),
+        before,
+        "a rejected reload touched the agents"
+    );
 
     // SIGHUP with the same invalid file: logged, nothing changes, still serving.
     d.signal(Signal::SIGHUP);
     d.wait_stderr("reload rejected");
     assert!(pid_alive(d.pid() as i32));
     d.ctl_ok(&["daemon", "ping"]);
-    assert_eq!(running_pids(&d), before, "a rejected SIGHUP reload touched the agents");
+    assert_eq!(
+        running_pids(&d),
+        before,
+        "a rejected SIGHUP reload touched the agents"
+    );
     assert!(!d.logs("changed", 100).iter().any(|l| l == "version=3"));
 
     // Fixing the file makes the next reload work.

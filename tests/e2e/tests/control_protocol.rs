@@ -2,6 +2,9 @@
 //! lengths, version mismatch, Hello first) and its access control by peer
 //! credentials.
 
+// Helpers here run only inside tests: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use ironcage_e2e::*;
 use ironcage_shared::protocol::*;
 use std::net::Shutdown;
@@ -28,7 +31,11 @@ fn bystander(d: &Daemon) -> RawClient {
 
 fn assert_serves(d: &Daemon, c: &mut RawClient) {
     c.send(&Request::Ping);
-    assert_eq!(c.recv(), Some(Response::Pong), "the other client was affected");
+    assert_eq!(
+        c.recv(),
+        Some(Response::Pong),
+        "the other client was affected"
+    );
     c.send(&Request::ListAgents);
     match c.recv() {
         Some(Response::Agents(a)) => assert_eq!(a.len(), 1),
@@ -47,7 +54,11 @@ fn expect_error_or_close(c: &mut RawClient, code: ErrorCode) {
         Some(Response::Error(e)) => {
             assert_eq!(e.code, code, "{e:?}");
             assert!(!e.message.is_empty());
-            assert_eq!(c.recv(), None, "the connection must close after a bad frame");
+            assert_eq!(
+                c.recv(),
+                None,
+                "the connection must close after a bad frame"
+            );
         }
         Some(other) => panic!("expected an error or a close, got {other:?}"),
     }
@@ -123,11 +134,18 @@ fn protocol_version_mismatch_is_a_clear_error() {
     let d = daemon();
     let mut other = bystander(&d);
     let mut c = RawClient::connect(&d.socket);
-    c.send(&Request::Hello(HelloRequest { protocol_version: 999, client: "future-ctl 9.9".into() }));
+    c.send(&Request::Hello(HelloRequest {
+        protocol_version: 999,
+        client: "future-ctl 9.9".into(),
+    }));
     match c.recv() {
         Some(Response::Error(e)) => {
             assert_eq!(e.code, ErrorCode::VersionMismatch, "{e:?}");
-            assert!(e.message.contains("999"), "names the client's version: {}", e.message);
+            assert!(
+                e.message.contains("999"),
+                "names the client's version: {}",
+                e.message
+            );
             assert!(
                 e.message.contains(&format!("v{PROTOCOL_VERSION}")),
                 "names the daemon's version: {}",
@@ -155,7 +173,10 @@ fn request_before_hello_is_refused() {
     assert_eq!(c.recv(), None);
     // A second Hello on a greeted connection is an error but keeps the connection.
     let mut c = bystander(&d);
-    c.send(&Request::Hello(HelloRequest { protocol_version: PROTOCOL_VERSION, client: "e2e".into() }));
+    c.send(&Request::Hello(HelloRequest {
+        protocol_version: PROTOCOL_VERSION,
+        client: "e2e".into(),
+    }));
     assert!(matches!(c.recv(), Some(Response::Error(_))));
     c.send(&Request::Ping);
     assert_eq!(c.recv(), Some(Response::Pong));
@@ -202,7 +223,11 @@ fn viewer_can_read_but_not_mutate() {
     d.wait_log("a", "visible-line");
     // The socket belongs to the configured group, mode 0660.
     let meta = std::fs::metadata(&d.socket).unwrap();
-    assert_eq!(std::os::unix::fs::MetadataExt::gid(&meta), NOBODY, "socket group");
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::gid(&meta),
+        NOBODY,
+        "socket group"
+    );
 
     // Reads work.
     for args in [
@@ -255,15 +280,25 @@ fn unlisted_uid_is_refused() {
     let mut d = Daemon::new(&cfg);
     d.start();
     d.wait_running("a");
-    for args in [&["agents", "list"][..], &["daemon", "ping"], &["agents", "kill", "a"]] {
+    for args in [
+        &["agents", "list"][..],
+        &["daemon", "ping"],
+        &["agents", "kill", "a"],
+    ] {
         let out = d.ctl_as(STRANGER, NOBODY, args);
         assert_eq!(out.status.code(), Some(1), "stranger {args:?}: {out:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(&format!("uid {STRANGER}")), "names its uid: {err}");
+        assert!(
+            err.contains(&format!("uid {STRANGER}")),
+            "names its uid: {err}"
+        );
         assert!(out.stdout.is_empty(), "{out:?}");
     }
     // A group grant works for it: reload with the group as viewer.
-    d.write_config(&cfg.replace(&format!("viewers = [\"uid:{NOBODY}\"]"), "viewers = [\"group:nogroup\"]"));
+    d.write_config(&cfg.replace(
+        &format!("viewers = [\"uid:{NOBODY}\"]"),
+        "viewers = [\"group:nogroup\"]",
+    ));
     d.ctl_ok(&["daemon", "reload"]);
     let out = d.ctl_as(STRANGER, NOBODY, &["agents", "list"]);
     assert!(out.status.success(), "a group viewer may list: {out:?}");
@@ -297,5 +332,8 @@ fn socket_mode_keeps_others_out() {
     let out = d.ctl_as(STRANGER, STRANGER, &["agents", "list"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&d.socket.display().to_string()) && err.to_lowercase().contains("permission"), "{err}");
+    assert!(
+        err.contains(&d.socket.display().to_string()) && err.to_lowercase().contains("permission"),
+        "{err}"
+    );
 }

@@ -1,6 +1,9 @@
 //! Supervision end to end: listing, status, logs, clean environment, process
 //! groups, stop grace, operator signals and restart policies.
 
+// Helpers here run only inside tests: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use ironcage_e2e::*;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -10,7 +13,11 @@ use std::time::Instant;
 #[test]
 fn list_status_and_logs_of_several_agents() {
     let mut cfg = String::new();
-    cfg += &sh_agent("alpha", "echo alpha-out; echo alpha-err >&2; exec sleep 1000", "");
+    cfg += &sh_agent(
+        "alpha",
+        "echo alpha-out; echo alpha-err >&2; exec sleep 1000",
+        "",
+    );
     cfg += &sh_agent("beta", "echo beta-out; exec sleep 1000", "");
     cfg += &sh_agent(
         "gamma",
@@ -19,17 +26,26 @@ fn list_status_and_logs_of_several_agents() {
     );
     let mut d = Daemon::new(&cfg);
     d.start();
-    let pids: Vec<i32> = ["alpha", "beta", "gamma"].iter().map(|n| d.wait_running(n)).collect();
+    let pids: Vec<i32> = ["alpha", "beta", "gamma"]
+        .iter()
+        .map(|n| d.wait_running(n))
+        .collect();
 
     // JSON list: one object per agent, with the documented fields.
     let list = d.agents();
     assert_eq!(list.len(), 3, "{list:?}");
-    for (a, (name, pid)) in list.iter().zip(["alpha", "beta", "gamma"].iter().zip(&pids)) {
+    for (a, (name, pid)) in list
+        .iter()
+        .zip(["alpha", "beta", "gamma"].iter().zip(&pids))
+    {
         assert_eq!(a["name"], *name, "{a}");
         assert_eq!(a["state"], "running", "{a}");
         assert_eq!(a["pid"].as_i64(), Some(i64::from(*pid)), "{a}");
         assert_eq!(a["restarts"], 0, "{a}");
-        assert!(a["uptime_secs"].is_u64(), "uptime_secs of a running agent is a number: {a}");
+        assert!(
+            a["uptime_secs"].is_u64(),
+            "uptime_secs of a running agent is a number: {a}"
+        );
         assert!(pid_alive(*pid));
     }
 
@@ -46,12 +62,18 @@ fn list_status_and_logs_of_several_agents() {
             .find(|l| l.split_whitespace().next() == Some(name))
             .unwrap_or_else(|| panic!("no row for {name} in\n{table}"));
         assert!(row.contains("running"), "{row}");
-        assert!(row.split_whitespace().any(|w| w == pid.to_string()), "{row} lacks pid {pid}");
+        assert!(
+            row.split_whitespace().any(|w| w == pid.to_string()),
+            "{row} lacks pid {pid}"
+        );
     }
 
     // Status, human and JSON.
     let st = d.ctl_ok(&["agents", "status", "beta"]);
-    assert!(st.contains("beta") && st.contains("running") && st.contains(&pids[1].to_string()), "{st}");
+    assert!(
+        st.contains("beta") && st.contains("running") && st.contains(&pids[1].to_string()),
+        "{st}"
+    );
     let js = d.agent("beta");
     assert_eq!(js["pid"].as_i64(), Some(i64::from(pids[1])));
     assert_eq!(js["restart_policy"], "on-failure");
@@ -59,7 +81,10 @@ fn list_status_and_logs_of_several_agents() {
     // An unknown agent is an error from the daemon: exit 1.
     let out = d.ctl(&["agents", "status", "nosuch"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("nosuch"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nosuch"),
+        "{out:?}"
+    );
 
     // Logs capture stdout and stderr.
     let lines = d.wait_log("alpha", "alpha-err");
@@ -70,11 +95,20 @@ fn list_status_and_logs_of_several_agents() {
         .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).expect("one JSON object per line");
-            (v["stream"].as_str().unwrap().to_owned(), v["line"].as_str().unwrap().to_owned())
+            (
+                v["stream"].as_str().unwrap().to_owned(),
+                v["line"].as_str().unwrap().to_owned(),
+            )
         })
         .collect();
-    assert!(streams.contains(&("stdout".into(), "alpha-out".into())), "{streams:?}");
-    assert!(streams.contains(&("stderr".into(), "alpha-err".into())), "{streams:?}");
+    assert!(
+        streams.contains(&("stdout".into(), "alpha-out".into())),
+        "{streams:?}"
+    );
+    assert!(
+        streams.contains(&("stderr".into(), "alpha-err".into())),
+        "{streams:?}"
+    );
 
     // -n N: the N most recent lines.
     d.wait_log("gamma", "line-10");
@@ -83,7 +117,10 @@ fn list_status_and_logs_of_several_agents() {
 
     // The per-agent log file under the state dir has them too.
     let file = std::fs::read_to_string(d.state_dir.join("logs/alpha.log")).expect("alpha.log");
-    assert!(file.contains("alpha-out") && file.contains("alpha-err"), "{file}");
+    assert!(
+        file.contains("alpha-out") && file.contains("alpha-err"),
+        "{file}"
+    );
 }
 
 #[test]
@@ -97,7 +134,11 @@ fn logs_follow_streams_new_lines() {
     let mut d = Daemon::new(&cfg);
     let work = d.path().join("work");
     std::fs::create_dir(&work).unwrap();
-    nix::unistd::mkfifo(&work.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    nix::unistd::mkfifo(
+        &work.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
     d.start();
     d.wait_running("echoer");
     d.wait_log("echoer", "ready");
@@ -120,14 +161,25 @@ fn logs_follow_streams_new_lines() {
         }
     });
     let next = |what: &str| -> String {
-        rx.recv_timeout(WAIT).unwrap_or_else(|e| panic!("no line from `logs -f` while waiting for {what}: {e}"))
+        rx.recv_timeout(WAIT)
+            .unwrap_or_else(|e| panic!("no line from `logs -f` while waiting for {what}: {e}"))
     };
     // The tail comes first.
     assert_eq!(next("the tail"), "ready");
     // A line written after the follow began is streamed.
-    std::fs::OpenOptions::new().write(true).open(work.join("fifo")).unwrap().write_all(b"hello-1\n").unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(work.join("fifo"))
+        .unwrap()
+        .write_all(b"hello-1\n")
+        .unwrap();
     assert_eq!(next("the first new line"), "got hello-1");
-    std::fs::OpenOptions::new().write(true).open(work.join("fifo")).unwrap().write_all(b"hello-2\n").unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(work.join("fifo"))
+        .unwrap()
+        .write_all(b"hello-2\n")
+        .unwrap();
     assert_eq!(next("the second new line"), "got hello-2");
 
     follower.kill().unwrap();
@@ -135,7 +187,12 @@ fn logs_follow_streams_new_lines() {
     // The daemon keeps serving, the agent keeps running.
     d.ctl_ok(&["daemon", "ping"]);
     assert_eq!(d.agent("echoer")["state"], "running");
-    std::fs::OpenOptions::new().write(true).open(work.join("fifo")).unwrap().write_all(b"hello-3\n").unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(work.join("fifo"))
+        .unwrap()
+        .write_all(b"hello-3\n")
+        .unwrap();
     d.wait_log("echoer", "got hello-3");
 }
 
@@ -150,19 +207,32 @@ fn agents_get_a_clean_environment_and_their_working_dir() {
     let mut d = Daemon::new(&cfg);
     std::fs::create_dir(d.path().join("wd")).unwrap();
     d.start_with(|c| {
-        c.env("IRONCAGE_E2E_LEAK", "secret").env("IRONCAGE_E2E_PASS", "passed").env_remove("IRONCAGE_E2E_UNSET");
+        c.env("IRONCAGE_E2E_LEAK", "secret")
+            .env("IRONCAGE_E2E_PASS", "passed")
+            .env_remove("IRONCAGE_E2E_UNSET");
     });
     d.wait_state("envdump", "exited");
     let lines = d.wait_log("envdump", "END-OF-DUMP");
     let has = |l: &str| lines.iter().any(|x| x == l);
-    assert!(!lines.iter().any(|l| l.contains("IRONCAGE_E2E_LEAK") || l.contains("secret")), "{lines:#?}");
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("IRONCAGE_E2E_LEAK") || l.contains("secret")),
+        "{lines:#?}"
+    );
     // The harness runs the daemon with RUST_LOG; it must not reach the agent either.
-    assert!(!lines.iter().any(|l| l.starts_with("RUST_LOG=")), "{lines:#?}");
+    assert!(
+        !lines.iter().any(|l| l.starts_with("RUST_LOG=")),
+        "{lines:#?}"
+    );
     assert!(has("IRONCAGE_AGENT=envdump"), "{lines:#?}");
     assert!(has("CONFIGURED=from-config"), "{lines:#?}");
     assert!(has("SPACED=a b"), "{lines:#?}");
     assert!(has("IRONCAGE_E2E_PASS=passed"), "{lines:#?}");
-    assert!(!lines.iter().any(|l| l.starts_with("IRONCAGE_E2E_UNSET")), "{lines:#?}");
+    assert!(
+        !lines.iter().any(|l| l.starts_with("IRONCAGE_E2E_UNSET")),
+        "{lines:#?}"
+    );
     let wd = std::fs::canonicalize(d.path().join("wd")).unwrap();
     assert!(has(&format!("PWD-IS={}", wd.display())), "{lines:#?}");
     let a = d.agent("envdump");
@@ -171,21 +241,34 @@ fn agents_get_a_clean_environment_and_their_working_dir() {
 
 #[test]
 fn stop_kills_the_whole_process_group() {
-    let cfg = sh_agent("group", "sleep 1000 & echo child=$!; sleep 1000 & echo child=$!; wait", "");
+    let cfg = sh_agent(
+        "group",
+        "sleep 1000 & echo child=$!; sleep 1000 & echo child=$!; wait",
+        "",
+    );
     let mut d = Daemon::new(&cfg);
     d.start();
     let pid = d.wait_running("group");
     let logged: Vec<i32> = wait_for("two child pids in the log", || {
-        let pids: Vec<i32> =
-            d.logs("group", 100).iter().filter_map(|l| l.strip_prefix("child=")?.parse().ok()).collect();
+        let pids: Vec<i32> = d
+            .logs("group", 100)
+            .iter()
+            .filter_map(|l| l.strip_prefix("child=")?.parse().ok())
+            .collect();
         (pids.len() == 2).then_some(pids)
     });
     let members = group_members(pid);
     for c in &logged {
-        assert!(members.contains(c), "child {c} not in the agent's group {pid}: {members:?}");
+        assert!(
+            members.contains(c),
+            "child {c} not in the agent's group {pid}: {members:?}"
+        );
         assert!(pid_alive(*c));
     }
-    assert!(members.contains(&pid), "the agent leads its own group: {members:?}");
+    assert!(
+        members.contains(&pid),
+        "the agent leads its own group: {members:?}"
+    );
     assert_ne!(
         proc_stat(pid).unwrap().1,
         nix::unistd::getpgrp().as_raw(),
@@ -223,13 +306,19 @@ fn stop_grace_then_sigkill() {
     let t = Instant::now();
     d.ctl_ok(&["agents", "stop", "stubborn"]);
     let took = t.elapsed();
-    assert!(took.as_millis() >= 900, "SIGKILL came before the 1 s grace was over ({took:?})");
+    assert!(
+        took.as_millis() >= 900,
+        "SIGKILL came before the 1 s grace was over ({took:?})"
+    );
     let a = d.agent("stubborn");
     assert_eq!(a["state"], "stopped", "{a}");
     assert_eq!(a["last_exit"]["signal"], 9, "{a}");
     wait_gone("the stubborn group", &members);
     let lines = d.logs("stubborn", 100);
-    assert!(lines.iter().any(|l| l.contains("grace")), "the log says why it was killed: {lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("grace")),
+        "the log says why it was killed: {lines:?}"
+    );
     // Not restarted: `always` applies to exits on its own, not to operator stops.
     assert_eq!(d.agent("stubborn")["state"], "stopped");
 }
@@ -272,13 +361,22 @@ fn kill_and_signals() {
     d.wait_log("hupper", "got-hup");
     let a = d.agent("hupper");
     assert_eq!(a["state"], "running", "{a}");
-    assert_eq!(a["pid"].as_i64(), Some(i64::from(hupper)), "HUP must not restart it: {a}");
+    assert_eq!(
+        a["pid"].as_i64(),
+        Some(i64::from(hupper)),
+        "HUP must not restart it: {a}"
+    );
 
     let w0 = d.agent("witness")["restarts"].as_u64().unwrap();
-    d.wait_agent("witness", "two more restarts", |a| a["restarts"].as_u64().unwrap() >= w0 + 2);
+    d.wait_agent("witness", "two more restarts", |a| {
+        a["restarts"].as_u64().unwrap() >= w0 + 2
+    });
     for name in ["victim", "termed"] {
         let a = d.agent(name);
-        assert_eq!(a["state"], "stopped", "{name} was restarted after an operator kill: {a}");
+        assert_eq!(
+            a["state"], "stopped",
+            "{name} was restarted after an operator kill: {a}"
+        );
         assert_eq!(a["restarts"], 0, "{a}");
     }
 
@@ -316,7 +414,11 @@ fn crash_loop_backs_off_then_fails_and_start_revives() {
         let lines = d.logs("crasher", 100);
         (lines.iter().filter(|l| *l == "crashing").count() >= 4).then_some(lines)
     });
-    assert_eq!(lines.iter().filter(|l| *l == "crashing").count(), 4, "{lines:?}");
+    assert_eq!(
+        lines.iter().filter(|l| *l == "crashing").count(),
+        4,
+        "{lines:?}"
+    );
     assert!(lines.iter().any(|l| l.contains("crash loop")), "{lines:?}");
     let table = d.ctl_ok(&["agents", "list"]);
     assert!(table.contains("failed"), "{table}");
@@ -347,10 +449,16 @@ fn backoff_grows_exponentially() {
         .map(|l| l.trim().parse().unwrap())
         .collect();
     assert_eq!(starts.len(), 4, "{starts:?}");
-    let gaps: Vec<u128> = starts.windows(2).map(|w| (w[1] - w[0]) / 1_000_000).collect();
+    let gaps: Vec<u128> = starts
+        .windows(2)
+        .map(|w| (w[1] - w[0]) / 1_000_000)
+        .collect();
     // Lower bounds only (the delays are minimums): 300, 600, 1200 ms.
     for (gap, min) in gaps.iter().zip([300u128, 600, 1200]) {
-        assert!(*gap >= min - 20, "backoff gaps {gaps:?} ms; expected at least 300/600/1200");
+        assert!(
+            *gap >= min - 20,
+            "backoff gaps {gaps:?} ms; expected at least 300/600/1200"
+        );
     }
 }
 
@@ -373,7 +481,9 @@ fn restart_policies() {
     let a = d.wait_state("onfail-ok", "exited");
     assert_eq!(a["last_exit"]["code"], 0, "{a}");
     assert_eq!(a["restarts"], 0, "{a}");
-    let a = d.wait_agent("always-ok", "restarted at least twice", |a| a["restarts"].as_u64().unwrap() >= 2);
+    let a = d.wait_agent("always-ok", "restarted at least twice", |a| {
+        a["restarts"].as_u64().unwrap() >= 2
+    });
     assert_ne!(a["state"], "failed", "{a}");
     // Once the others have been restarted twice, a restart of the exited ones would
     // have shown.
@@ -384,7 +494,11 @@ fn restart_policies() {
     // An exited agent can be started again by an operator.
     d.ctl_ok(&["agents", "start", "never"]);
     wait_for("the second run of `never`", || {
-        let runs = d.logs("never", 100).iter().filter(|l| *l == "never-ran").count();
+        let runs = d
+            .logs("never", 100)
+            .iter()
+            .filter(|l| *l == "never-ran")
+            .count();
         (runs == 2 && d.agent("never")["state"] == "exited").then_some(())
     });
 }
@@ -412,13 +526,20 @@ fn an_agent_killed_from_outside_is_restarted() {
     let mut d = Daemon::new(&cfg);
     d.start();
     let pid = d.wait_running("victim");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let a = d.wait_agent("victim", "running again", |a| {
         a["state"] == "running" && a["pid"].as_i64() != Some(i64::from(pid))
     });
     assert_eq!(a["restarts"], 1, "{a}");
     assert_eq!(a["last_exit"]["signal"], 9, "{a}");
-    assert!(a["stop_reason"].is_null(), "a crash is not an operator stop: {a}");
+    assert!(
+        a["stop_reason"].is_null(),
+        "a crash is not an operator stop: {a}"
+    );
 }
 
 #[test]
@@ -430,7 +551,12 @@ fn a_command_that_cannot_start() {
     assert!(a["pid"].is_null(), "{a}");
     assert_ne!(a["last_exit"]["code"], 0, "{a}");
     let lines = d.wait_log("ghost", "cannot start");
-    assert!(lines.iter().any(|l| l.contains("/nonexistent/ironcage-e2e-agent")), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("/nonexistent/ironcage-e2e-agent")),
+        "{lines:?}"
+    );
     // The daemon is fine.
     d.ctl_ok(&["daemon", "ping"]);
 }
@@ -446,7 +572,11 @@ fn a_command_that_cannot_start_crash_loops_to_failed() {
 
 #[test]
 fn autostart_false_waits_for_an_operator() {
-    let mut cfg = sh_agent("manual", "echo manual-ran; exec sleep 1000", "autostart = false");
+    let mut cfg = sh_agent(
+        "manual",
+        "echo manual-ran; exec sleep 1000",
+        "autostart = false",
+    );
     cfg += &sh_agent("auto", "exec sleep 1000", "");
     let mut d = Daemon::new(&cfg);
     d.start();
@@ -462,25 +592,50 @@ fn autostart_false_waits_for_an_operator() {
 
 #[test]
 fn stop_during_backoff_cancels_the_restart() {
-    let mut cfg = sh_agent("crashy", "echo crash; exit 1", "backoff_initial_ms = 300\nmax_restarts = 1000");
+    let mut cfg = sh_agent(
+        "crashy",
+        "echo crash; exit 1",
+        "backoff_initial_ms = 300\nmax_restarts = 1000",
+    );
     // Witness: restarts every 300 ms too; two of its restarts prove enough time passed.
-    cfg += &sh_agent("witness", "exit 1", "backoff_initial_ms = 300\nbackoff_max_secs = 1\nmax_restarts = 1000");
+    cfg += &sh_agent(
+        "witness",
+        "exit 1",
+        "backoff_initial_ms = 300\nbackoff_max_secs = 1\nmax_restarts = 1000",
+    );
     let mut d = Daemon::new(&cfg);
     d.start();
     d.wait_state("crashy", "backoff");
     d.ctl_ok(&["agents", "stop", "crashy"]);
     let a = d.agent("crashy");
     assert_eq!(a["state"], "stopped", "{a}");
-    let runs = d.logs("crashy", 100).iter().filter(|l| *l == "crash").count();
+    let runs = d
+        .logs("crashy", 100)
+        .iter()
+        .filter(|l| *l == "crash")
+        .count();
     let w0 = d.agent("witness")["restarts"].as_u64().unwrap();
-    d.wait_agent("witness", "two more restarts", |a| a["restarts"].as_u64().unwrap() >= w0 + 2);
+    d.wait_agent("witness", "two more restarts", |a| {
+        a["restarts"].as_u64().unwrap() >= w0 + 2
+    });
     assert_eq!(d.agent("crashy")["state"], "stopped");
-    assert_eq!(d.logs("crashy", 100).iter().filter(|l| *l == "crash").count(), runs, "it ran again after the stop");
+    assert_eq!(
+        d.logs("crashy", 100)
+            .iter()
+            .filter(|l| *l == "crash")
+            .count(),
+        runs,
+        "it ran again after the stop"
+    );
 }
 
 #[test]
 fn relative_working_dir_is_relative_to_the_config_file() {
-    let cfg = sh_agent("rel", "echo PWD-IS=$(pwd); exec sleep 1000", "working_dir = \"rel-wd\"");
+    let cfg = sh_agent(
+        "rel",
+        "echo PWD-IS=$(pwd); exec sleep 1000",
+        "working_dir = \"rel-wd\"",
+    );
     let mut d = Daemon::new(&cfg);
     std::fs::create_dir(d.path().join("rel-wd")).unwrap();
     d.start();
@@ -513,14 +668,20 @@ fn logs_survive_a_restart_and_follow_sees_the_new_run() {
         }
     });
     // The tail line proves the follow is registered before the restart.
-    assert_eq!(rx.recv_timeout(WAIT).expect("the tail"), format!("run-{p1}"));
+    assert_eq!(
+        rx.recv_timeout(WAIT).expect("the tail"),
+        format!("run-{p1}")
+    );
     d.ctl_ok(&["agents", "restart", "phoenix"]);
     let p2 = d.wait_running("phoenix");
     assert_ne!(p1, p2);
     let line = rx.recv_timeout(WAIT).expect("the follower saw the new run");
     assert_eq!(line, format!("run-{p2}"));
     let lines = d.wait_log("phoenix", &format!("run-{p2}"));
-    assert!(lines.contains(&format!("run-{p1}")), "old lines are kept: {lines:?}");
+    assert!(
+        lines.contains(&format!("run-{p1}")),
+        "old lines are kept: {lines:?}"
+    );
     follower.kill().unwrap();
     follower.wait().unwrap();
 }
