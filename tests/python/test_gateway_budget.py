@@ -220,3 +220,25 @@ def test_on_exhausted_stop_stops_the_agent(cage):
         return st["state"] == "stopped" and st
     st = wait_for("the agent to be stopped by its budget", stopped)
     assert st["stop_reason"] == "budget_exhausted"
+
+
+def test_budget_set_and_reset_from_ironctl(cage):
+    call = {"kind": "openai_chat", "model": "gpt-4o", "usage": "prompt=1000,completion=100", "max_tokens": 100}
+    one = openai_cost("gpt-4o", 1000, 100)
+    cage.write([cage.agent("ops", [call] * 2, budget_usd=1.0, budget_period="day", env={"LINGER": "1"})])
+    cage.start()
+    assert all(s["ok"] for s in cage.result("ops")["steps"])
+    cage.wait_spent("ops", one * 2)
+    # Lower the budget below what is spent: the next call is refused.
+    out = cage.ctl("budget", "set", "ops", "--usd", "0.000001", "--period", "day").stdout
+    assert "ops" in out
+    b = cage.budget("ops")
+    assert b["limit"] == 1 and b["overridden"] is True and b["remaining"] == 0
+    # A reset zeroes the period's spend; history stays in `costs`.
+    cage.ctl("budget", "reset", "ops")
+    b = cage.budget("ops")
+    assert b["spent"] == 0 and b["calls"] == 0
+    assert cage.json("costs", "--agent", "ops")["total"] == one * 2
+    # A viewer-only action is fine; a bad amount is a usage error (exit 2).
+    r = cage.ctl("budget", "set", "ops", "--usd", "-5", check=False)
+    assert r.returncode == 2, r
