@@ -19,7 +19,7 @@ mod utc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use commands::Ctx;
-use ironcage_shared::protocol::{BudgetPeriod, CostsBy};
+use ironcage_shared::protocol::{BudgetPeriod, CircuitRef, CostsBy};
 use ironcage_shared::{AgentName, Micros};
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -33,7 +33,7 @@ const DEFAULT_SOCKET: &str = "/run/ironcage/ironcaged.sock";
 #[command(
     name = "ironctl",
     version,
-    about = "Control the Iron Cage daemon (ironcaged): agents, budgets, costs",
+    about = "Control the Iron Cage daemon (ironcaged): agents, budgets, costs, circuits",
     propagate_version = true,
     after_help = "Exit status: 0 success, 1 the daemon refused the request or is unreachable, 2 usage error."
 )]
@@ -68,6 +68,23 @@ enum Command {
     Budget(BudgetCommand),
     /// Spend report, grouped by agent, model, provider or tag.
     Costs(CostsArgs),
+    /// Circuit breakers per provider and model: list, reset.
+    #[command(subcommand)]
+    Circuits(CircuitsCommand),
+    /// Personal data and secrets: scan a file locally (no daemon needed).
+    #[command(subcommand)]
+    Pii(commands::pii::PiiCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CircuitsCommand {
+    /// Every circuit with its state, failures, next probe and latency.
+    List,
+    /// Close a circuit now, whatever its state (the next call goes to the model).
+    Reset {
+        /// The circuit, as PROVIDER/MODEL (e.g. openai/gpt-4o).
+        circuit: CircuitRef,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -207,7 +224,7 @@ struct CostsArgs {
 }
 
 fn run(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
-    use commands::{agents, budget, costs, daemon};
+    use commands::{agents, budget, circuits, costs, daemon};
     match command {
         Command::Daemon(c) => match c {
             DaemonCommand::Status => daemon::status(ctx),
@@ -236,6 +253,11 @@ fn run(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
             BudgetCommand::Reset { name } => budget::reset(ctx, name),
         },
         Command::Costs(a) => costs::run(ctx, a.by.into(), a.since, a.agent),
+        Command::Circuits(c) => match c {
+            CircuitsCommand::List => circuits::list(ctx),
+            CircuitsCommand::Reset { circuit } => circuits::reset(ctx, circuit),
+        },
+        Command::Pii(c) => commands::pii::run(ctx.json, c),
     }
 }
 
@@ -261,6 +283,13 @@ fn main() -> ExitCode {
                 if out.0.kind() == std::io::ErrorKind::BrokenPipe {
                     return ExitCode::SUCCESS;
                 }
+            }
+            // `pii scan`: 1 when something was found, 2 when the input is unreadable.
+            if let Some(exit) = err.downcast_ref::<commands::pii::ScanExit>() {
+                if exit.needs_message() {
+                    eprintln!("ironctl: {exit:#}");
+                }
+                return ExitCode::from(exit.code());
             }
             eprintln!("ironctl: {err:#}");
             ExitCode::FAILURE
@@ -326,6 +355,16 @@ mod tests {
             cli.command,
             Command::Agents(AgentsCommand::Kill { signal: 15, .. })
         ));
+        let cli = Cli::try_parse_from(["ironctl", "circuits", "reset", "openai/org/m"]).unwrap();
+        match cli.command {
+            Command::Circuits(CircuitsCommand::Reset { circuit }) => {
+                assert_eq!(
+                    (circuit.provider.as_str(), circuit.model.as_str()),
+                    ("openai", "org/m")
+                );
+            }
+            other => panic!("parsed as {other:?}"),
+        }
         let cli = Cli::try_parse_from(["ironctl", "costs"]).unwrap();
         assert!(matches!(
             cli.command,
@@ -346,6 +385,7 @@ mod tests {
             &["ironctl", "agents", "status", "../etc"],
             &["ironctl", "costs", "--since", "yesterday"],
             &["ironctl", "costs", "--by", "color"],
+            &["ironctl", "circuits", "reset", "gpt-4o"],
         ] {
             let err = Cli::try_parse_from(args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");

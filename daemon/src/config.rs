@@ -6,9 +6,9 @@
 //! [`Config::from_str`] validates and produces the plain, typed [`Config`] the rest
 //! of the daemon uses. A config that fails validation is never partially applied.
 
+use ironcage_shared::AgentName;
 use ironcage_shared::money::Micros;
 use ironcage_shared::protocol::BudgetPeriod;
-use ironcage_shared::AgentName;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -150,6 +150,50 @@ pub struct AgentSpec {
     pub budget: Option<BudgetSpec>,
     /// Providers this agent may use, by name; empty = all.
     pub providers: Vec<String>,
+    /// Models to fall back to, in order, when the requested one's circuit is
+    /// open or its call fails before any byte reached the agent (same API
+    /// family only; see `gateway::proxy`).
+    pub fallback: Vec<ModelRef>,
+}
+
+/// `provider/model`: one model of one configured provider.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ModelRef {
+    pub provider: String,
+    pub model: String,
+}
+
+impl fmt::Display for ModelRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.provider, self.model)
+    }
+}
+
+/// Circuit-breaker thresholds and retries, global (`[breaker]`) or for one
+/// provider (`[provider.breaker]`, each key falling back to the global one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerSettings {
+    /// Failures within `window` that open a circuit.
+    pub failures: u32,
+    pub window: Duration,
+    /// How long an open circuit refuses calls before one probe goes through.
+    pub cooldown: Duration,
+    /// Extra attempts on the same model, before falling back.
+    pub retries: u32,
+    /// Base backoff before a retry (jittered: 0.5x to 1.5x, doubled per retry).
+    pub retry_backoff: Duration,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        BreakerSettings {
+            failures: 5,
+            window: Duration::from_secs(60),
+            cooldown: Duration::from_secs(60),
+            retries: 1,
+            retry_backoff: Duration::from_millis(250),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,6 +232,8 @@ pub struct ProviderSpec {
     pub base_url: String,
     /// Daemon environment variable holding the real API key.
     pub api_key_env: Option<String>,
+    /// `[breaker]` with this provider's overrides applied.
+    pub breaker: BreakerSettings,
 }
 
 impl fmt::Debug for ProviderSpec {
@@ -198,6 +244,7 @@ impl fmt::Debug for ProviderSpec {
             .field("kind", &self.kind)
             .field("base_url", &self.base_url)
             .field("api_key_env", &self.api_key_env)
+            .field("breaker", &self.breaker)
             .finish()
     }
 }
@@ -235,6 +282,8 @@ pub struct Config {
     pub access: Access,
     pub gateway: GatewaySection,
     pub budget: BudgetSection,
+    /// `[breaker]`: the defaults every provider starts from.
+    pub breaker: BreakerSettings,
     pub providers: Vec<ProviderSpec>,
     pub agents: Vec<AgentSpec>,
 }
@@ -255,6 +304,8 @@ mod raw {
         pub gateway: Gateway,
         #[serde(default)]
         pub budget: Budget,
+        #[serde(default)]
+        pub breaker: Breaker,
         #[serde(default)]
         pub provider: Vec<Provider>,
         #[serde(default)]
@@ -296,6 +347,16 @@ mod raw {
         pub alert_command: Option<Spanned<Vec<String>>>,
     }
 
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Breaker {
+        pub failures: Option<Spanned<u32>>,
+        pub window_secs: Option<Spanned<f64>>,
+        pub cooldown_secs: Option<Spanned<f64>>,
+        pub retries: Option<Spanned<u32>>,
+        pub retry_backoff_ms: Option<Spanned<u64>>,
+    }
+
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct Provider {
@@ -303,6 +364,7 @@ mod raw {
         pub kind: Kind,
         pub base_url: Spanned<String>,
         pub api_key_env: Option<String>,
+        pub breaker: Option<Breaker>,
     }
 
     #[derive(Deserialize, Clone, Copy)]
@@ -359,6 +421,8 @@ mod raw {
         pub max_cost_per_call_usd: Option<Spanned<f64>>,
         #[serde(default)]
         pub providers: Vec<String>,
+        #[serde(default)]
+        pub fallback: Vec<Spanned<String>>,
     }
 }
 
@@ -366,7 +430,10 @@ mod raw {
 fn line_col(src: &str, offset: usize) -> (usize, usize) {
     let before = &src[..offset.min(src.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
     (line, col)
 }
 
@@ -388,7 +455,9 @@ fn key_at(src: &str, offset: usize) -> Option<String> {
             table = h.trim().to_owned();
         }
         if offset < end {
-            let key = t.split_once('=').map(|(k, _)| k.trim().trim_matches('"').to_owned());
+            let key = t
+                .split_once('=')
+                .map(|(k, _)| k.trim().trim_matches('"').to_owned());
             return match (table.is_empty(), key) {
                 (_, None) if !table.is_empty() => Some(table),
                 (true, k) => k,
@@ -428,6 +497,73 @@ impl Ctx<'_> {
     }
 }
 
+/// Longest circuit window or cooldown accepted (a day).
+const MAX_BREAKER_SECS: f64 = 86_400.0;
+
+/// `base` with the keys `raw` sets replaced, each checked.
+fn breaker_settings(
+    cx: &Ctx<'_>,
+    raw: raw::Breaker,
+    base: BreakerSettings,
+) -> Result<BreakerSettings, ConfigError> {
+    let mut s = base;
+    if let Some(n) = raw.failures {
+        if !(1..=10_000).contains(n.get_ref()) {
+            return Err(cx.at(
+                n.span(),
+                format!("failures = {} must be between 1 and 10000", n.get_ref()),
+            ));
+        }
+        s.failures = *n.get_ref();
+    }
+    let secs = |v: toml::Spanned<f64>, what: &str| -> Result<Duration, ConfigError> {
+        let x = *v.get_ref();
+        if !(x > 0.0 && x <= MAX_BREAKER_SECS) {
+            return Err(cx.at(
+                v.span(),
+                format!("{what} = {x} must be more than 0 and at most {MAX_BREAKER_SECS} seconds"),
+            ));
+        }
+        Ok(Duration::from_secs_f64(x))
+    };
+    if let Some(w) = raw.window_secs {
+        s.window = secs(w, "window_secs")?;
+    }
+    if let Some(c) = raw.cooldown_secs {
+        s.cooldown = secs(c, "cooldown_secs")?;
+    }
+    if let Some(r) = raw.retries {
+        if *r.get_ref() > 10 {
+            return Err(cx.at(
+                r.span(),
+                format!("retries = {} must be at most 10", r.get_ref()),
+            ));
+        }
+        s.retries = *r.get_ref();
+    }
+    if let Some(b) = raw.retry_backoff_ms {
+        if *b.get_ref() > 60_000 {
+            return Err(cx.at(
+                b.span(),
+                format!("retry_backoff_ms = {} must be at most 60000", b.get_ref()),
+            ));
+        }
+        s.retry_backoff = Duration::from_millis(*b.get_ref());
+    }
+    Ok(s)
+}
+
+impl AgentSpec {
+    /// Whether `other` runs the same process (command, directory, environment):
+    /// if so, a reload applies the other settings without restarting it.
+    pub fn same_process(&self, other: &AgentSpec) -> bool {
+        self.command == other.command
+            && self.working_dir == other.working_dir
+            && self.env == other.env
+            && self.inherit_env == other.inherit_env
+    }
+}
+
 impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -464,7 +600,10 @@ impl Config {
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
 
         let daemon = DaemonSection {
-            socket: raw.daemon.socket.map_or_else(|| PathBuf::from(DEFAULT_SOCKET), PathBuf::from),
+            socket: raw
+                .daemon
+                .socket
+                .map_or_else(|| PathBuf::from(DEFAULT_SOCKET), PathBuf::from),
             state_dir: raw
                 .daemon
                 .state_dir
@@ -476,7 +615,9 @@ impl Config {
             list.into_iter()
                 .map(|s| {
                     let span = s.span();
-                    s.into_inner().parse::<Principal>().map_err(|m| cx.at(span, m))
+                    s.into_inner()
+                        .parse::<Principal>()
+                        .map_err(|m| cx.at(span, m))
                 })
                 .collect()
         };
@@ -490,7 +631,10 @@ impl Config {
             Some(s) => {
                 let span = s.span();
                 let addr: SocketAddr = s.get_ref().parse().map_err(|_| {
-                    cx.at(span.clone(), format!("{:?} is not an address like 127.0.0.1:8080", s.get_ref()))
+                    cx.at(
+                        span.clone(),
+                        format!("{:?} is not an address like 127.0.0.1:8080", s.get_ref()),
+                    )
                 })?;
                 if !addr.ip().is_loopback() {
                     return Err(cx.at(
@@ -507,7 +651,10 @@ impl Config {
         let price_overrides = match raw.gateway.prices {
             None => None,
             Some(t) => Some(serde_json::to_string(&t).map_err(|e| {
-                cx.plain("gateway.prices", format!("cannot convert price overrides: {e}"))
+                cx.plain(
+                    "gateway.prices",
+                    format!("cannot convert price overrides: {e}"),
+                )
             })?),
         };
         let gateway = GatewaySection {
@@ -526,7 +673,10 @@ impl Config {
                     let span = t.span();
                     let mut v = t.into_inner();
                     if let Some(bad) = v.iter().find(|p| **p == 0 || **p > 100) {
-                        return Err(cx.at(span, format!("threshold {bad} is not a percentage between 1 and 100")));
+                        return Err(cx.at(
+                            span,
+                            format!("threshold {bad} is not a percentage between 1 and 100"),
+                        ));
                     }
                     v.sort_unstable();
                     v.dedup();
@@ -542,12 +692,17 @@ impl Config {
             },
         };
 
+        let breaker = breaker_settings(&cx, raw.breaker, BreakerSettings::default())?;
+
         let mut providers: Vec<ProviderSpec> = Vec::new();
         for p in raw.provider {
             let span = p.name.span();
             let name = p.name.into_inner();
             if name.is_empty() || name.contains('/') {
-                return Err(cx.at(span, format!("provider name {name:?} must be non-empty and contain no '/'")));
+                return Err(cx.at(
+                    span,
+                    format!("provider name {name:?} must be non-empty and contain no '/'"),
+                ));
             }
             if providers.iter().any(|q| q.name == name) {
                 return Err(cx.at(span, format!("provider {name:?} is defined twice")));
@@ -555,7 +710,10 @@ impl Config {
             let url_span = p.base_url.span();
             let base_url = p.base_url.into_inner().trim_end_matches('/').to_owned();
             if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-                return Err(cx.at(url_span, format!("base_url {base_url:?} must start with http:// or https://")));
+                return Err(cx.at(
+                    url_span,
+                    format!("base_url {base_url:?} must start with http:// or https://"),
+                ));
             }
             providers.push(ProviderSpec {
                 name,
@@ -565,6 +723,10 @@ impl Config {
                 },
                 base_url,
                 api_key_env: p.api_key_env,
+                breaker: match p.breaker {
+                    None => breaker,
+                    Some(b) => breaker_settings(&cx, b, breaker)?,
+                },
             });
         }
 
@@ -578,26 +740,44 @@ impl Config {
             let cmd_span = a.command.span();
             let command = a.command.into_inner();
             if command.is_empty() || command[0].is_empty() {
-                return Err(cx.at(cmd_span, "command is empty; give an argv array such as [\"python3\", \"agent.py\"]"));
+                return Err(cx.at(
+                    cmd_span,
+                    "command is empty; give an argv array such as [\"python3\", \"agent.py\"]",
+                ));
             }
             let working_dir = match a.working_dir {
                 None => base_dir.clone(),
                 Some(w) => {
                     let p = base_dir.join(w.get_ref());
                     if !p.is_dir() {
-                        return Err(cx.at(w.span(), format!("working_dir {} is not a directory", p.display())));
+                        return Err(cx.at(
+                            w.span(),
+                            format!("working_dir {} is not a directory", p.display()),
+                        ));
                     }
                     p
                 }
             };
             for k in a.env.keys().chain(a.inherit_env.iter()) {
+                if crate::actors::agent::RESERVED_ENV.contains(&k.as_str()) {
+                    return Err(cx.plain(
+                        &format!("agent[{}].env", agents.len()),
+                        format!("{k} is set by the daemon for every agent (the gateway and its virtual key); remove it"),
+                    ));
+                }
                 if k.is_empty() || k.contains('=') || k.contains('\0') {
-                    return Err(cx.plain(&format!("agent[{}].env", agents.len()), format!("{k:?} is not a valid environment variable name")));
+                    return Err(cx.plain(
+                        &format!("agent[{}].env", agents.len()),
+                        format!("{k:?} is not a valid environment variable name"),
+                    ));
                 }
             }
             let grace = a.stop_grace_secs.unwrap_or(10.0);
             if !(0.0..=3600.0).contains(&grace) {
-                return Err(cx.plain(&format!("agent[{}].stop_grace_secs", agents.len()), "must be between 0 and 3600 seconds"));
+                return Err(cx.plain(
+                    &format!("agent[{}].stop_grace_secs", agents.len()),
+                    "must be between 0 and 3600 seconds",
+                ));
             }
             let money = |v: Option<toml::Spanned<f64>>| -> Result<Option<Micros>, ConfigError> {
                 match v {
@@ -631,8 +811,34 @@ impl Config {
                     ));
                 }
             }
+            let mut fallback: Vec<ModelRef> = Vec::new();
+            for f in a.fallback {
+                let span = f.span();
+                let text = f.into_inner();
+                let Some((provider, model)) = text
+                    .split_once('/')
+                    .filter(|(p, m)| !p.is_empty() && !m.is_empty())
+                else {
+                    return Err(cx.at(span, format!("fallback entry {text:?} must be \"provider/model\", e.g. \"openai/gpt-4o-mini\"")));
+                };
+                if !providers.iter().any(|q| q.name == provider) {
+                    return Err(cx.at(span, format!("fallback entry {text:?}: unknown provider {provider:?}; define it in a [[provider]] table")));
+                }
+                if !a.providers.is_empty() && !a.providers.iter().any(|p| p == provider) {
+                    return Err(cx.at(span, format!("fallback entry {text:?}: provider {provider:?} is not in this agent's `providers` list")));
+                }
+                let m = ModelRef {
+                    provider: provider.to_owned(),
+                    model: model.to_owned(),
+                };
+                if fallback.contains(&m) {
+                    return Err(cx.at(span, format!("fallback entry {text:?} is listed twice")));
+                }
+                fallback.push(m);
+            }
             let backoff_initial = Duration::from_millis(a.backoff_initial_ms.unwrap_or(500).max(1));
-            let backoff_max = Duration::from_secs(a.backoff_max_secs.unwrap_or(60)).max(backoff_initial);
+            let backoff_max =
+                Duration::from_secs(a.backoff_max_secs.unwrap_or(60)).max(backoff_initial);
             agents.push(AgentSpec {
                 name,
                 command,
@@ -652,6 +858,7 @@ impl Config {
                 autostart: a.autostart.unwrap_or(true),
                 budget,
                 providers: a.providers,
+                fallback,
             });
         }
 
@@ -661,6 +868,7 @@ impl Config {
             access,
             gateway,
             budget,
+            breaker,
             providers,
             agents,
         })
@@ -695,7 +903,10 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.line, Some(7), "{e}");
         assert_eq!(e.key.as_deref(), Some("agent[0].restrat"), "{e}");
-        assert!(e.to_string().starts_with("/etc/ironcage/test.toml:7:"), "{e}");
+        assert!(
+            e.to_string().starts_with("/etc/ironcage/test.toml:7:"),
+            "{e}"
+        );
         assert!(e.message.contains("unknown field"), "{e}");
     }
 
@@ -703,9 +914,17 @@ mod tests {
     fn bad_enum_and_type() {
         let e = parse("[[agent]]\nname = \"a\"\ncommand = [\"x\"]\n[[agent]]\nname = \"b\"\ncommand = [\"x\"]\nrestart = \"sometimes\"\n")
             .unwrap_err();
-        assert_eq!((e.line, e.key.as_deref()), (Some(7), Some("agent[1].restart")), "{e}");
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(7), Some("agent[1].restart")),
+            "{e}"
+        );
         let e = parse("[[agent]]\nname = \"a\"\ncommand = \"x\"\n").unwrap_err();
-        assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("agent[0].command")), "{e}");
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(3), Some("agent[0].command")),
+            "{e}"
+        );
     }
 
     #[test]
@@ -719,19 +938,132 @@ mod tests {
         let e = parse("[[agent]]\nname = \"../etc\"\ncommand = [\"x\"]\n").unwrap_err();
         assert_eq!(e.line, Some(2), "{e}");
         let e = parse("[access]\nadmins = [\"uid:0\", \"wheel\"]\n").unwrap_err();
-        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("access.admins")), "{e}");
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(2), Some("access.admins")),
+            "{e}"
+        );
         let e = parse("[gateway]\nlisten = \"0.0.0.0:80\"\n").unwrap_err();
         assert!(e.message.contains("loopback"), "{e}");
-        let e = parse("[[agent]]\nname = \"a\"\ncommand = [\"x\"]\nbudget_usd = -3.0\n").unwrap_err();
+        let e =
+            parse("[[agent]]\nname = \"a\"\ncommand = [\"x\"]\nbudget_usd = -3.0\n").unwrap_err();
         assert_eq!(e.line, Some(4), "{e}");
+    }
+
+    #[test]
+    fn gateway_variables_are_reserved() {
+        let e = parse(
+            "[[agent]]\nname = \"a\"\ncommand = [\"x\"]\nenv = { OPENAI_API_KEY = \"sk-real\" }\n",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("set by the daemon"), "{e}");
+        assert!(!e.to_string().contains("sk-real"), "{e}");
     }
 
     #[test]
     fn principals() {
         assert_eq!("uid:5".parse::<Principal>(), Ok(Principal::Uid(5)));
-        assert_eq!("group:ops".parse::<Principal>(), Ok(Principal::Group("ops".into())));
+        assert_eq!(
+            "group:ops".parse::<Principal>(),
+            Ok(Principal::Group("ops".into()))
+        );
         assert!("uid:x".parse::<Principal>().is_err());
         assert!("user:".parse::<Principal>().is_err());
+    }
+
+    #[test]
+    fn breaker_defaults_global_and_per_provider() {
+        let c = parse(
+            "[[provider]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"http://x/v1\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.breaker, BreakerSettings::default());
+        assert_eq!(c.providers[0].breaker, BreakerSettings::default());
+        assert_eq!(
+            (c.breaker.failures, c.breaker.window, c.breaker.cooldown),
+            (5, Duration::from_secs(60), Duration::from_secs(60))
+        );
+        assert_eq!(c.breaker.retries, 1);
+        let c = parse(
+            "[breaker]\nfailures = 3\ncooldown_secs = 0.5\nretries = 0\n\n\
+             [[provider]]\nname = \"a\"\nkind = \"openai\"\nbase_url = \"http://x/v1\"\n\
+             [provider.breaker]\nfailures = 10\nwindow_secs = 30\nretry_backoff_ms = 5\n\n\
+             [[provider]]\nname = \"b\"\nkind = \"anthropic\"\nbase_url = \"http://y\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.breaker.failures, 3);
+        assert_eq!(c.breaker.cooldown, Duration::from_millis(500));
+        let a = c.providers[0].breaker;
+        assert_eq!(
+            (a.failures, a.window, a.cooldown, a.retries, a.retry_backoff),
+            (
+                10,
+                Duration::from_secs(30),
+                Duration::from_millis(500),
+                0,
+                Duration::from_millis(5)
+            )
+        );
+        assert_eq!(c.providers[1].breaker, c.breaker);
+    }
+
+    #[test]
+    fn breaker_errors_are_located() {
+        let e = parse("[breaker]\nfailures = 0\n").unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(2), Some("breaker.failures")),
+            "{e}"
+        );
+        let e = parse("[breaker]\ncooldown_secs = -1\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        let e = parse("[breaker]\nfailurs = 3\n").unwrap_err();
+        assert!(e.message.contains("unknown field"), "{e}");
+        let e = parse("[[provider]]\nname = \"a\"\nkind = \"openai\"\nbase_url = \"http://x/v1\"\n[provider.breaker]\nretries = 99\n").unwrap_err();
+        assert_eq!(e.line, Some(6), "{e}");
+    }
+
+    #[test]
+    fn fallback_chains() {
+        let head = "[[provider]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"http://x/v1\"\n\
+                    [[provider]]\nname = \"backup\"\nkind = \"openai\"\nbase_url = \"http://y/v1\"\n\
+                    [[agent]]\nname = \"a\"\ncommand = [\"x\"]\n";
+        let c = parse(&format!(
+            "{head}fallback = [\"openai/gpt-4o\", \"backup/org/model-x\"]\n"
+        ))
+        .unwrap();
+        let f = &c.agents[0].fallback;
+        assert_eq!(
+            f[0],
+            ModelRef {
+                provider: "openai".into(),
+                model: "gpt-4o".into()
+            }
+        );
+        assert_eq!(
+            (f[1].provider.as_str(), f[1].model.as_str()),
+            ("backup", "org/model-x")
+        );
+        assert_eq!(f[1].to_string(), "backup/org/model-x");
+        for (bad, why) in [
+            ("[\"gpt-4o\"]", "provider/model"),
+            ("[\"nope/gpt-4o\"]", "unknown provider"),
+            ("[\"openai/\"]", "provider/model"),
+            ("[\"openai/m\", \"openai/m\"]", "twice"),
+        ] {
+            let e = parse(&format!("{head}fallback = {bad}\n")).unwrap_err();
+            assert_eq!(
+                (e.line, e.key.as_deref()),
+                (Some(12), Some("agent[0].fallback")),
+                "{e}"
+            );
+            assert!(e.message.contains(why), "{e}");
+        }
+        let e = parse(&format!(
+            "{head}providers = [\"openai\"]\nfallback = [\"backup/m\"]\n"
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("`providers` list"), "{e}");
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! The running daemon's shared context: what every request handler can reach.
 
 use crate::actors::SupervisorHandle;
+use crate::actors::breaker::{BreakerConfig, BreakerHandle};
 use crate::actors::budget::BudgetHandle;
-use crate::gateway::Gateway;
 use crate::actors::supervisor::ReloadSummary;
 use crate::config::Config;
+use crate::gateway::Gateway;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -24,6 +25,7 @@ pub struct Daemon {
     pub paths: Paths,
     pub supervisor: SupervisorHandle,
     pub budget: BudgetHandle,
+    pub breaker: BreakerHandle,
     pub gateway: Arc<Gateway>,
     config: RwLock<Arc<Config>>,
     config_loaded_at: RwLock<u64>,
@@ -40,6 +42,7 @@ impl Daemon {
         config: Config,
         supervisor: SupervisorHandle,
         budget: BudgetHandle,
+        breaker: BreakerHandle,
         gateway: Arc<Gateway>,
         gateway_addr: Option<SocketAddr>,
     ) -> Self {
@@ -47,6 +50,7 @@ impl Daemon {
             paths,
             supervisor,
             budget,
+            breaker,
             gateway,
             config: RwLock::new(Arc::new(config)),
             config_loaded_at: RwLock::new(crate::util::unix_secs()),
@@ -81,7 +85,9 @@ impl Daemon {
         crate::notify::notify("READY=1");
         match &result {
             Ok(s) => tracing::info!("configuration reloaded: {s}"),
-            Err(e) => tracing::error!("configuration reload rejected; the running configuration stays: {e}"),
+            Err(e) => tracing::error!(
+                "configuration reload rejected; the running configuration stays: {e}"
+            ),
         }
         result
     }
@@ -97,7 +103,14 @@ impl Daemon {
         self.budget
             .apply_config(crate::lifecycle::budget_agents(&new), new.budget.clone())
             .await;
-        let summary = self.supervisor.apply(new.agents.clone()).await.map_err(|e| e.to_string())?;
+        self.breaker
+            .apply_config(BreakerConfig::from_config(&new))
+            .await;
+        let summary = self
+            .supervisor
+            .apply(new.agents.clone())
+            .await
+            .map_err(|e| e.to_string())?;
         *self.config.write().expect("config lock") = Arc::new(new);
         *self.config_loaded_at.write().expect("config lock") = crate::util::unix_secs();
         Ok(summary)

@@ -8,10 +8,11 @@
 
 use crate::actors::SupervisorHandle;
 use crate::actors::agent::SpawnEnv;
-use crate::config::ConfigError;
-use crate::daemon::{Daemon, Paths};
+use crate::actors::breaker::{BreakerConfig, BreakerHandle};
 use crate::actors::budget::{BudgetHandle, SystemClock};
 use crate::config::Config;
+use crate::config::ConfigError;
+use crate::daemon::{Daemon, Paths};
 use crate::gateway::Gateway;
 use crate::registry::AgentKeys;
 use anyhow::{Context as _, bail};
@@ -77,7 +78,11 @@ fn lock(path: &Path, what: &str) -> anyhow::Result<LockFile> {
             let pid = holder.trim();
             bail!(
                 "another ironcaged{} is already using {what} (lock {} is held); stop it first, or give this one its own --state-dir and --socket",
-                if pid.is_empty() { String::new() } else { format!(" (pid {pid})") },
+                if pid.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pid {pid})")
+                },
                 path.display()
             );
         }
@@ -99,21 +104,32 @@ fn clear_stale_socket(path: &Path) -> anyhow::Result<()> {
         Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", path.display())),
     };
     if !meta.file_type().is_socket() {
-        bail!("{} exists and is not a socket; remove it or choose another --socket", path.display());
+        bail!(
+            "{} exists and is not a socket; remove it or choose another --socket",
+            path.display()
+        );
     }
     match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => bail!("another daemon is answering on {}; stop it first or choose another --socket", path.display()),
+        Ok(_) => bail!(
+            "another daemon is answering on {}; stop it first or choose another --socket",
+            path.display()
+        ),
         Err(_) => {
-            std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+            std::fs::remove_file(path)
+                .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
             tracing::info!(socket = %path.display(), "removed a stale socket left by a daemon that did not shut down");
             Ok(())
         }
     }
 }
 
-fn bind_socket(path: &Path, group: Option<&str>) -> anyhow::Result<std::os::unix::net::UnixListener> {
+fn bind_socket(
+    path: &Path,
+    group: Option<&str>,
+) -> anyhow::Result<std::os::unix::net::UnixListener> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create socket directory {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
     }
     clear_stale_socket(path)?;
     let l = std::os::unix::net::UnixListener::bind(path)
@@ -121,17 +137,29 @@ fn bind_socket(path: &Path, group: Option<&str>) -> anyhow::Result<std::os::unix
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     if let Some(g) = group {
         let gid = nix::unistd::Group::from_name(g)?
-            .with_context(|| format!("socket_group {g:?} does not exist; create it or remove the setting"))?
+            .with_context(|| {
+                format!("socket_group {g:?} does not exist; create it or remove the setting")
+            })?
             .gid;
-        nix::unistd::chown(path, None, Some(gid)).with_context(|| format!("cannot give {} to group {g}", path.display()))?;
+        nix::unistd::chown(path, None, Some(gid))
+            .with_context(|| format!("cannot give {} to group {g}", path.display()))?;
     }
     l.set_nonblocking(true)?;
     Ok(l)
 }
 
 /// Each agent with its budget, as the ledger wants them.
-pub(crate) fn budget_agents(config: &Config) -> Vec<(ironcage_shared::AgentName, Option<crate::config::BudgetSpec>)> {
-    config.agents.iter().map(|a| (a.name.clone(), a.budget)).collect()
+pub(crate) fn budget_agents(
+    config: &Config,
+) -> Vec<(
+    ironcage_shared::AgentName,
+    Option<crate::config::BudgetSpec>,
+)> {
+    config
+        .agents
+        .iter()
+        .map(|a| (a.name.clone(), a.budget))
+        .collect()
 }
 
 /// Raises the open-file soft limit to the hard limit: every agent costs a few
@@ -149,7 +177,8 @@ fn raise_nofile() {
 /// Runs the daemon until SIGTERM/SIGINT or `shutdown` fires. Blocks the calling
 /// thread, which becomes the actor thread.
 pub fn run(opts: RunOptions, shutdown: Shutdown) -> anyhow::Result<()> {
-    let mut config = crate::config::Config::load(&opts.config).map_err(|e: ConfigError| anyhow::anyhow!(e))?;
+    let mut config =
+        crate::config::Config::load(&opts.config).map_err(|e: ConfigError| anyhow::anyhow!(e))?;
     if let Some(s) = &opts.socket {
         config.daemon.socket = s.clone();
     }
@@ -161,28 +190,40 @@ pub fn run(opts: RunOptions, shutdown: Shutdown) -> anyhow::Result<()> {
         socket: config.daemon.socket.clone(),
         state_dir: config.daemon.state_dir.clone(),
     };
-    std::fs::create_dir_all(&paths.state_dir)
-        .with_context(|| format!("cannot create state directory {}", paths.state_dir.display()))?;
-    let _state_lock = lock(&paths.state_dir.join("ironcaged.lock"), &format!("state directory {}", paths.state_dir.display()))?;
+    std::fs::create_dir_all(&paths.state_dir).with_context(|| {
+        format!(
+            "cannot create state directory {}",
+            paths.state_dir.display()
+        )
+    })?;
+    let _state_lock = lock(
+        &paths.state_dir.join("ironcaged.lock"),
+        &format!("state directory {}", paths.state_dir.display()),
+    )?;
     let mut socket_lock_path = paths.socket.clone().into_os_string();
     socket_lock_path.push(".lock");
     if let Some(dir) = paths.socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create socket directory {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
     }
-    let _socket_lock = lock(Path::new(&socket_lock_path), &format!("socket {}", paths.socket.display()))?;
+    let _socket_lock = lock(
+        Path::new(&socket_lock_path),
+        &format!("socket {}", paths.socket.display()),
+    )?;
     let log_dir = paths.state_dir.join("logs");
-    std::fs::create_dir_all(&log_dir).with_context(|| format!("cannot create {}", log_dir.display()))?;
+    std::fs::create_dir_all(&log_dir)
+        .with_context(|| format!("cannot create {}", log_dir.display()))?;
     raise_nofile();
     let store = Arc::new(crate::store::Store::open(&paths.state_dir)?);
-    let gateway_listener = std::net::TcpListener::bind(config.gateway.listen)
-        .with_context(|| format!("cannot listen on {} for the LLM gateway ([gateway] listen)", config.gateway.listen))?;
+    let gateway_listener =
+        std::net::TcpListener::bind(config.gateway.listen).with_context(|| {
+            format!(
+                "cannot listen on {} for the LLM gateway ([gateway] listen)",
+                config.gateway.listen
+            )
+        })?;
     gateway_listener.set_nonblocking(true)?;
     let gateway_addr = gateway_listener.local_addr()?;
-    // Loading the tokenizers takes ~0.5 s; do it off the request path.
-    std::thread::Builder::new()
-        .name("tokenizer-warmup".into())
-        .spawn(crate::gateway::tokens::warm_up)
-        .context("cannot start a thread")?;
     let std_listener = bind_socket(&paths.socket, config.daemon.socket_group.as_deref())?;
 
     let system = actix_rt::System::with_tokio_rt(|| {
@@ -195,6 +236,7 @@ pub fn run(opts: RunOptions, shutdown: Shutdown) -> anyhow::Result<()> {
     });
     let socket_path = paths.socket.clone();
     let result = system.block_on(async move {
+        let signals = if opts.handle_signals { Some(Signals::install()?) } else { None };
         let keys = Arc::new(AgentKeys::default());
         let env = SpawnEnv { gateway_url: Some(format!("http://{gateway_addr}")) };
         let supervisor = SupervisorHandle::start(env, keys.clone(), log_dir);
@@ -215,23 +257,26 @@ pub fn run(opts: RunOptions, shutdown: Shutdown) -> anyhow::Result<()> {
             Arc::new(SystemClock),
             on_exhausted_stop,
         )?;
-        let gateway = Arc::new(Gateway::new(&config, keys, budget.clone()).map_err(anyhow::Error::msg)?);
+        let breaker = BreakerHandle::start(BreakerConfig::from_config(&config), Arc::new(SystemClock));
+        let gateway = Arc::new(Gateway::new(&config, keys, budget.clone(), breaker.clone()).map_err(anyhow::Error::msg)?);
         let agents = config.agents.clone();
-        let daemon = Arc::new(Daemon::new(paths, config, supervisor.clone(), budget.clone(), gateway.clone(), Some(gateway_addr)));
+        let daemon = Arc::new(Daemon::new(paths, config, supervisor.clone(), budget.clone(), breaker, gateway.clone(), Some(gateway_addr)));
         let listener = tokio::net::UnixListener::from_std(std_listener)?;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let server = tokio::spawn(crate::control::serve(listener, daemon.clone(), stop_rx.clone()));
         let gw_server = tokio::spawn(crate::gateway::serve(
             tokio::net::TcpListener::from_std(gateway_listener)?,
             gateway,
-            stop_rx,
+            stop_rx.clone(),
         ));
         tracing::info!(gateway = %format!("http://{gateway_addr}"), "LLM gateway listening");
         supervisor.apply(agents).await?;
+        // Clients connecting before this wait in the listen backlog, and then
+        // see every configured agent.
+        let server = tokio::spawn(crate::control::serve(listener, daemon.clone(), stop_rx));
         tracing::info!(socket = %daemon.paths.socket.display(), pid = std::process::id(), "ironcaged ready");
         crate::notify::notify("READY=1");
 
-        wait_for_stop(&daemon, shutdown, opts.handle_signals).await?;
+        wait_for_stop(&daemon, shutdown, signals).await?;
 
         crate::notify::notify("STOPPING=1");
         tracing::info!("shutting down: stopping every agent");
@@ -248,15 +293,40 @@ pub fn run(opts: RunOptions, shutdown: Shutdown) -> anyhow::Result<()> {
     result
 }
 
-async fn wait_for_stop(daemon: &Daemon, shutdown: Shutdown, handle_signals: bool) -> anyhow::Result<()> {
+/// The daemon's signal streams, installed before anything else starts so a
+/// signal that arrives during start-up waits to be handled instead of taking
+/// its default action.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?,
+        })
+    }
+}
+
+async fn wait_for_stop(
+    daemon: &Daemon,
+    shutdown: Shutdown,
+    signals: Option<Signals>,
+) -> anyhow::Result<()> {
     let mut stop = shutdown.subscribe();
-    if !handle_signals {
+    let Some(Signals {
+        mut term,
+        mut int,
+        mut hup,
+    }) = signals
+    else {
         let _ = stop.wait_for(|s| *s).await;
         return Ok(());
-    }
-    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
+    };
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM received"); return Ok(()); }

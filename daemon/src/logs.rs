@@ -7,8 +7,8 @@
 //! Followers (`ironctl agents logs -f`) wait on a `Notify` and read by sequence
 //! number, so an agent nobody follows costs no channel buffer.
 
-use ironcage_shared::protocol::{LogLine, Stream};
 use ironcage_shared::AgentName;
+use ironcage_shared::protocol::{LogLine, Stream};
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -44,7 +44,10 @@ struct RotatingFile {
 impl RotatingFile {
     fn write_line(&mut self, line: &LogLine) -> std::io::Result<()> {
         if self.file.is_none() {
-            let f = OpenOptions::new().create(true).append(true).open(&self.path)?;
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
             self.size = f.metadata()?.len();
             self.file = Some(f);
         }
@@ -72,7 +75,10 @@ impl RotatingFile {
             }
         }
         std::fs::rename(&self.path, rotated(&self.path, 1))?;
-        let f = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
         self.size = 0;
         self.file = Some(f);
         Ok(())
@@ -100,14 +106,22 @@ impl AgentLogs {
         Arc::new(AgentLogs {
             agent,
             ring: Mutex::new(Ring::default()),
-            file: Mutex::new(RotatingFile { path, file: None, size: 0 }),
+            file: Mutex::new(RotatingFile {
+                path,
+                file: None,
+                size: 0,
+            }),
             notify: Notify::new(),
         })
     }
 
     /// Records one line: ring, file, tracing; wakes followers.
     pub fn push(&self, stream: Stream, line: String) {
-        let line = LogLine { at_ms: crate::util::unix_ms(), stream, line };
+        let line = LogLine {
+            at_ms: crate::util::unix_ms(),
+            stream,
+            line,
+        };
         tracing::info!(target: "agent", agent = %self.agent, stream = ?stream, "{}", line.line);
         if let Err(e) = self.file.lock().expect("log file lock").write_line(&line) {
             tracing::warn!(agent = %self.agent, "cannot write the agent's log file: {e}");
@@ -235,9 +249,17 @@ mod tests {
     fn rotation_keeps_a_bounded_number_of_files() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.log");
-        let mut f = RotatingFile { path: path.clone(), file: None, size: FILE_MAX_BYTES };
+        let mut f = RotatingFile {
+            path: path.clone(),
+            file: None,
+            size: FILE_MAX_BYTES,
+        };
         std::fs::write(&path, "old").unwrap();
-        let line = LogLine { at_ms: 1, stream: Stream::Stdout, line: "new".into() };
+        let line = LogLine {
+            at_ms: 1,
+            stream: Stream::Stdout,
+            line: "new".into(),
+        };
         f.file = Some(OpenOptions::new().append(true).open(&path).unwrap());
         for _ in 0..4 {
             f.size = FILE_MAX_BYTES;

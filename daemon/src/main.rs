@@ -45,12 +45,19 @@ fn init_logging(format: Option<LogFormat>) -> anyhow::Result<()> {
     });
     let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).init(),
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .init(),
         LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
             .init(),
         LogFormat::Journald => {
-            let layer = tracing_journald::layer().context("cannot connect to journald; use --log-format text")?;
+            let layer = tracing_journald::layer()
+                .context("cannot connect to journald; use --log-format text")?;
             registry.with(layer).init()
         }
     }

@@ -5,8 +5,8 @@
 //! Only the owning actors write here (each agent its own entry); readers get a
 //! consistent snapshot under a short read lock.
 
-use ironcage_shared::protocol::{AgentInfo, AgentState, ExitInfo, StopReason};
 use ironcage_shared::AgentName;
+use ironcage_shared::protocol::{AgentInfo, AgentState, ExitInfo, StopReason};
 use rand::RngCore;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -35,9 +35,11 @@ impl AgentStatus {
             state: self.state,
             pid: self.pid,
             restarts: self.restarts,
-            uptime_secs: self
-                .started
-                .map(|s| SystemTime::now().duration_since(s).map_or(0, |d| d.as_secs())),
+            uptime_secs: self.started.map(|s| {
+                SystemTime::now()
+                    .duration_since(s)
+                    .map_or(0, |d| d.as_secs())
+            }),
             last_exit: self.last_exit,
             stop_reason: self.stop_reason,
             restart_policy: self.restart_policy.to_owned(),
@@ -57,20 +59,35 @@ pub struct StatusBoard {
 
 impl StatusBoard {
     pub fn update(&self, s: AgentStatus) {
-        self.agents.write().expect("status board lock").insert(s.name.clone(), s);
+        self.agents
+            .write()
+            .expect("status board lock")
+            .insert(s.name.clone(), s);
     }
     pub fn remove(&self, name: &AgentName) {
         self.agents.write().expect("status board lock").remove(name);
     }
     pub fn get(&self, name: &AgentName) -> Option<AgentInfo> {
-        self.agents.read().expect("status board lock").get(name).map(AgentStatus::to_info)
+        self.agents
+            .read()
+            .expect("status board lock")
+            .get(name)
+            .map(AgentStatus::to_info)
     }
     pub fn list(&self) -> Vec<AgentInfo> {
-        self.agents.read().expect("status board lock").values().map(AgentStatus::to_info).collect()
+        self.agents
+            .read()
+            .expect("status board lock")
+            .values()
+            .map(AgentStatus::to_info)
+            .collect()
     }
     pub fn counts(&self) -> (u32, u32) {
         let g = self.agents.read().expect("status board lock");
-        let running = g.values().filter(|s| s.state == AgentState::Running).count();
+        let running = g
+            .values()
+            .filter(|s| s.state == AgentState::Running)
+            .count();
         (g.len() as u32, running as u32)
     }
 }
@@ -102,7 +119,10 @@ impl AgentKeys {
         for b in bytes {
             key.push_str(&format!("{b:02x}"));
         }
-        self.keys.write().expect("keys lock").insert(key.clone(), agent.clone());
+        self.keys
+            .write()
+            .expect("keys lock")
+            .insert(key.clone(), agent.clone());
         key
     }
 

@@ -9,10 +9,12 @@
 //! - [`ids`]: validated agent names.
 //! - [`money`]: integer micro-dollars; money is never a float.
 //! - [`pricing`]: the model price table and the exact cost of a call.
+//! - [`pii`]: the PII and secrets engine (scan, redact, policies, streams).
 
 pub mod framing;
 pub mod ids;
 pub mod money;
+pub mod pii;
 pub mod pricing;
 pub mod protocol;
 

@@ -41,6 +41,10 @@ pub enum Request {
     /// `Costs`) and clear its fired alerts.
     BudgetReset(AgentRef),
     Costs(CostsRequest),
+    /// Every circuit breaker (one per provider and model seen).
+    CircuitsList,
+    /// Close one circuit now, whatever its state (admin).
+    CircuitReset(CircuitRef),
 }
 
 /// The daemon's answer.
@@ -58,6 +62,7 @@ pub enum Response {
     LogLines(Vec<LogLine>),
     Budgets(Vec<BudgetInfo>),
     Costs(CostsReport),
+    Circuits(Vec<CircuitInfo>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -363,6 +368,88 @@ pub struct CostRow {
     pub estimated_calls: u64,
 }
 
+/// `provider/model`: names one circuit breaker.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CircuitRef {
+    pub provider: String,
+    pub model: String,
+}
+
+impl std::fmt::Display for CircuitRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.provider, self.model)
+    }
+}
+
+impl std::str::FromStr for CircuitRef {
+    type Err = String;
+    /// Splits at the first `/`: provider names never contain one, model names
+    /// may (`openrouter/meta-llama/llama-3`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once('/') {
+            Some((p, m)) if !p.is_empty() && !m.is_empty() => Ok(CircuitRef {
+                provider: p.to_owned(),
+                model: m.to_owned(),
+            }),
+            _ => Err(format!("{s:?} is not PROVIDER/MODEL (e.g. openai/gpt-4o)")),
+        }
+    }
+}
+
+/// State of a circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CircuitState {
+    /// Calls go through; failures are counted.
+    Closed,
+    /// Calls are refused (the gateway falls back) until `next_probe_ms`.
+    Open,
+    /// One probe call is in flight; others are refused until it answers.
+    HalfOpen,
+}
+
+impl CircuitState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CircuitState::Closed => "closed",
+            CircuitState::Open => "open",
+            CircuitState::HalfOpen => "half-open",
+        }
+    }
+}
+
+/// One circuit breaker and its figures since the daemon started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CircuitInfo {
+    pub provider: String,
+    pub model: String,
+    pub state: CircuitState,
+    /// Failures counted in the current window.
+    pub failures_in_window: u32,
+    /// Failures within `window_ms` that open the circuit.
+    pub threshold: u32,
+    pub window_ms: u64,
+    /// Times it opened (a failed probe re-opening it counts).
+    pub opens: u64,
+    /// Unix milliseconds of the last state change; `None`: never changed.
+    pub last_transition_ms: Option<u64>,
+    /// Unix milliseconds from which an open circuit lets one probe through;
+    /// `None` unless open.
+    pub next_probe_ms: Option<u64>,
+    /// Why it last opened (`HTTP 503`, `timeout`, `HTTP 429, Retry-After 2s`...).
+    pub last_reason: Option<String>,
+    /// Calls forwarded to the model.
+    pub requests: u64,
+    /// Of those, the ones that counted as failures.
+    pub failures: u64,
+    /// Calls turned away while the circuit was open or probing.
+    pub rejected: u64,
+    /// Latency of recent successful calls (to the first byte for streams), in
+    /// microseconds; `None` before the first.
+    pub latency_p50_us: Option<u64>,
+    pub latency_p99_us: Option<u64>,
+}
+
 impl From<HelloRequest> for Request {
     fn from(v: HelloRequest) -> Self {
         Request::Hello(v)
@@ -386,6 +473,11 @@ impl From<BudgetSetRequest> for Request {
 impl From<CostsRequest> for Request {
     fn from(v: CostsRequest) -> Self {
         Request::Costs(v)
+    }
+}
+impl From<CircuitRef> for Request {
+    fn from(v: CircuitRef) -> Self {
+        Request::CircuitReset(v)
     }
 }
 impl From<ErrorResponse> for Response {
@@ -420,6 +512,7 @@ impl Request {
                 | Request::KillAgent(_)
                 | Request::BudgetSet(_)
                 | Request::BudgetReset(_)
+                | Request::CircuitReset(_)
         )
     }
 
@@ -441,6 +534,8 @@ impl Request {
             Request::BudgetSet(_) => "budget set",
             Request::BudgetReset(_) => "budget reset",
             Request::Costs(_) => "costs",
+            Request::CircuitsList => "circuits list",
+            Request::CircuitReset(_) => "circuits reset",
         }
     }
 }
@@ -492,12 +587,29 @@ mod tests {
                 since: None,
                 agent: None,
             }),
+            Request::CircuitsList,
+            Request::CircuitReset("openai/org/m".parse().unwrap()),
         ];
         for r in reqs {
             let f = framing::encode(&r).unwrap();
             let back: Request = framing::decode(&f[framing::HEADER_LEN..]).unwrap();
             assert_eq!(back, r);
         }
+    }
+
+    #[test]
+    fn circuit_refs() {
+        let r: CircuitRef = "openrouter/meta-llama/llama-3".parse().unwrap();
+        assert_eq!(
+            (r.provider.as_str(), r.model.as_str()),
+            ("openrouter", "meta-llama/llama-3")
+        );
+        assert_eq!(r.to_string(), "openrouter/meta-llama/llama-3");
+        for bad in ["gpt-4o", "/gpt-4o", "openai/", ""] {
+            assert!(bad.parse::<CircuitRef>().is_err(), "{bad}");
+        }
+        assert!(Request::CircuitReset(r).is_mutation());
+        assert!(!Request::CircuitsList.is_mutation());
     }
 
     #[test]

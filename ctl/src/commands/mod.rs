@@ -4,8 +4,10 @@
 
 pub mod agents;
 pub mod budget;
+pub mod circuits;
 pub mod costs;
 pub mod daemon;
+pub mod pii;
 
 use crate::client::{Client, ClientError};
 use crate::output;

@@ -44,10 +44,21 @@ pub const RESERVED_ENV: &[&str] = &[
 enum Phase {
     /// Not running and not scheduled: stopped, exited or failed.
     Idle,
-    Running { pid: u32, started: Instant },
+    Running {
+        pid: u32,
+        started: Instant,
+    },
     /// SIGTERM sent; `then_start` restarts it once it exited.
-    Stopping { pid: u32, started: Instant, reason: StopReason, then_start: bool },
-    Backoff { until: Instant, handle: SpawnHandle },
+    Stopping {
+        pid: u32,
+        started: Instant,
+        reason: StopReason,
+        then_start: bool,
+    },
+    Backoff {
+        until: Instant,
+        handle: SpawnHandle,
+    },
 }
 
 pub struct AgentActor {
@@ -74,7 +85,10 @@ pub struct AgentActor {
 
 impl std::fmt::Debug for AgentActor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AgentActor").field("name", &self.spec.name).field("phase", &self.phase).finish()
+        f.debug_struct("AgentActor")
+            .field("name", &self.spec.name)
+            .field("phase", &self.phase)
+            .finish()
     }
 }
 
@@ -215,9 +229,21 @@ impl AgentActor {
                 );
                 // note() logs it too (target "agent"), once.
                 self.note(msg);
-                self.phase = Phase::Running { pid: 0, started: Instant::now() };
+                self.phase = Phase::Running {
+                    pid: 0,
+                    started: Instant::now(),
+                };
                 // A spawn failure is a failed run: same backoff and crash-loop rules.
-                self.on_exit(generation, ExitInfo { code: Some(127), signal: None, at: crate::util::unix_secs() }, key, ctx);
+                self.on_exit(
+                    generation,
+                    ExitInfo {
+                        code: Some(127),
+                        signal: None,
+                        at: crate::util::unix_secs(),
+                    },
+                    key,
+                    ctx,
+                );
             }
             Ok(mut child) => {
                 let pid = child.id().unwrap_or(0);
@@ -228,15 +254,26 @@ impl AgentActor {
                     tokio::spawn(self.logs.clone().capture(err, Stream::Stderr));
                 }
                 tracing::info!(agent = %self.spec.name, pid, "agent started");
-                self.phase = Phase::Running { pid, started: Instant::now() };
+                self.phase = Phase::Running {
+                    pid,
+                    started: Instant::now(),
+                };
                 self.started_wall = Some(SystemTime::now());
                 self.publish();
                 let wait = async move { child.wait().await };
                 ctx.spawn(wait.into_actor(self).map(move |res, act, ctx| {
                     let at = crate::util::unix_secs();
                     let info = match res {
-                        Ok(st) => ExitInfo { code: st.code(), signal: st.signal(), at },
-                        Err(_) => ExitInfo { code: None, signal: None, at },
+                        Ok(st) => ExitInfo {
+                            code: st.code(),
+                            signal: st.signal(),
+                            at,
+                        },
+                        Err(_) => ExitInfo {
+                            code: None,
+                            signal: None,
+                            at,
+                        },
                     };
                     act.on_exit(generation, info, key, ctx);
                 }));
@@ -257,7 +294,9 @@ impl AgentActor {
             return;
         }
         let (pid, started) = match self.phase {
-            Phase::Running { pid, started } | Phase::Stopping { pid, started, .. } => (pid, started),
+            Phase::Running { pid, started } | Phase::Stopping { pid, started, .. } => {
+                (pid, started)
+            }
             _ => return,
         };
         // Whatever the leader left behind in its group goes with it.
@@ -272,7 +311,10 @@ impl AgentActor {
         };
         tracing::info!(agent = %self.spec.name, pid, "agent {how}");
 
-        if let Phase::Stopping { reason, then_start, .. } = self.phase {
+        if let Phase::Stopping {
+            reason, then_start, ..
+        } = self.phase
+        {
             self.phase = Phase::Idle;
             self.idle_state = AgentState::Stopped;
             self.stop_reason = Some(reason);
@@ -344,7 +386,10 @@ impl AgentActor {
                 act.spawn(ctx);
             }
         });
-        self.phase = Phase::Backoff { until: now + delay, handle };
+        self.phase = Phase::Backoff {
+            until: now + delay,
+            handle,
+        };
         self.publish();
     }
 
@@ -355,13 +400,23 @@ impl AgentActor {
     }
 
     /// Begins a stop; returns a receiver resolved once the process is gone.
-    fn begin_stop(&mut self, reason: StopReason, then_start: bool, ctx: &mut Context<Self>) -> oneshot::Receiver<()> {
+    fn begin_stop(
+        &mut self,
+        reason: StopReason,
+        then_start: bool,
+        ctx: &mut Context<Self>,
+    ) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
         match std::mem::replace(&mut self.phase, Phase::Idle) {
             Phase::Running { pid, started } => {
                 tracing::info!(agent = %self.spec.name, pid, ?reason, "stopping agent");
                 let _ = self.signal_group(pid, Signal::SIGTERM);
-                self.phase = Phase::Stopping { pid, started, reason, then_start };
+                self.phase = Phase::Stopping {
+                    pid,
+                    started,
+                    reason,
+                    then_start,
+                };
                 self.stop_waiters.push(tx);
                 let generation = self.generation;
                 ctx.run_later(self.spec.stop_grace, move |act, _| {
@@ -374,8 +429,18 @@ impl AgentActor {
                     }
                 });
             }
-            Phase::Stopping { pid, started, reason: r, then_start: t } => {
-                self.phase = Phase::Stopping { pid, started, reason: r, then_start: t || then_start };
+            Phase::Stopping {
+                pid,
+                started,
+                reason: r,
+                then_start: t,
+            } => {
+                self.phase = Phase::Stopping {
+                    pid,
+                    started,
+                    reason: r,
+                    then_start: t || then_start,
+                };
                 self.stop_waiters.push(tx);
             }
             Phase::Backoff { handle, .. } => {
@@ -423,17 +488,28 @@ impl Handler<Start> for AgentActor {
     type Result = Result<String, String>;
     fn handle(&mut self, _: Start, ctx: &mut Context<Self>) -> Self::Result {
         match &self.phase {
-            Phase::Running { pid, .. } => Err(format!("agent {} is already running (pid {pid})", self.spec.name)),
-            Phase::Stopping { .. } => Err(format!("agent {} is stopping; try again once it stopped", self.spec.name)),
+            Phase::Running { pid, .. } => Err(format!(
+                "agent {} is already running (pid {pid})",
+                self.spec.name
+            )),
+            Phase::Stopping { .. } => Err(format!(
+                "agent {} is stopping; try again once it stopped",
+                self.spec.name
+            )),
             Phase::Backoff { .. } | Phase::Idle => {
-                if let Phase::Backoff { handle, .. } = std::mem::replace(&mut self.phase, Phase::Idle) {
+                if let Phase::Backoff { handle, .. } =
+                    std::mem::replace(&mut self.phase, Phase::Idle)
+                {
                     ctx.cancel_future(handle);
                 }
                 self.reset_crash_counters();
                 self.spawn(ctx);
                 Ok(match self.pid() {
                     Some(pid) => format!("agent {} started (pid {pid})", self.spec.name),
-                    None => format!("agent {} could not be started; see `ironctl agents logs {}`", self.spec.name, self.spec.name),
+                    None => format!(
+                        "agent {} could not be started; see `ironctl agents logs {}`",
+                        self.spec.name, self.spec.name
+                    ),
                 })
             }
         }
@@ -469,22 +545,39 @@ pub struct Kill {
 impl Handler<Kill> for AgentActor {
     type Result = Result<String, String>;
     fn handle(&mut self, m: Kill, ctx: &mut Context<Self>) -> Self::Result {
-        let sig = Signal::try_from(m.signal).map_err(|_| format!("{} is not a signal number", m.signal))?;
-        let pid = self.pid().ok_or_else(|| format!("agent {} is not running ({})", self.spec.name, self.state().as_str()))?;
-        if matches!(sig, Signal::SIGKILL | Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT) {
+        let sig = Signal::try_from(m.signal)
+            .map_err(|_| format!("{} is not a signal number", m.signal))?;
+        let pid = self.pid().ok_or_else(|| {
+            format!(
+                "agent {} is not running ({})",
+                self.spec.name,
+                self.state().as_str()
+            )
+        })?;
+        if matches!(
+            sig,
+            Signal::SIGKILL | Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT
+        ) {
             // Its exit within the grace period is the operator's stop; if it
             // handles the signal and lives on, a later crash is just a crash.
             self.operator_kill = true;
             let generation = self.generation;
-            ctx.run_later(self.spec.stop_grace.max(Duration::from_secs(5)), move |act, _| {
-                if act.generation == generation {
-                    act.operator_kill = false;
-                }
-            });
+            ctx.run_later(
+                self.spec.stop_grace.max(Duration::from_secs(5)),
+                move |act, _| {
+                    if act.generation == generation {
+                        act.operator_kill = false;
+                    }
+                },
+            );
         }
-        self.signal_group(pid, sig).map_err(|e| format!("cannot signal agent {}: {e}", self.spec.name))?;
+        self.signal_group(pid, sig)
+            .map_err(|e| format!("cannot signal agent {}: {e}", self.spec.name))?;
         tracing::info!(agent = %self.spec.name, pid, signal = %sig, "operator signalled agent");
-        Ok(format!("sent {sig} to agent {} (process group {pid})", self.spec.name))
+        Ok(format!(
+            "sent {sig} to agent {} (process group {pid})",
+            self.spec.name
+        ))
     }
 }
 
@@ -503,8 +596,12 @@ pub struct UpdateSpec {
 impl Handler<UpdateSpec> for AgentActor {
     type Result = ResponseFuture<()>;
     fn handle(&mut self, m: UpdateSpec, ctx: &mut Context<Self>) -> Self::Result {
-        let active = matches!(self.phase, Phase::Running { .. } | Phase::Backoff { .. } | Phase::Stopping { .. });
-        let ended = matches!(self.phase, Phase::Idle) && matches!(self.idle_state, AgentState::Exited | AgentState::Failed);
+        let active = matches!(
+            self.phase,
+            Phase::Running { .. } | Phase::Backoff { .. } | Phase::Stopping { .. }
+        );
+        let ended = matches!(self.phase, Phase::Idle)
+            && matches!(self.idle_state, AgentState::Exited | AgentState::Failed);
         let autostart = m.spec.autostart;
         self.spec = m.spec;
         let rx = if m.restart && (active || (autostart && ended)) {

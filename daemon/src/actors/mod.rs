@@ -4,8 +4,10 @@
 //! - [`supervisor`]: owns one [`agent`] actor per configured agent.
 //! - [`agent`]: one supervised process: spawn, capture, restart, stop.
 //! - [`budget`]: the ledger: reserve, settle, release; periods, alerts, costs.
+//! - [`breaker`]: circuit breakers per provider and model, shared by all agents.
 
 pub mod agent;
+pub mod breaker;
 pub mod budget;
 pub mod supervisor;
 

@@ -7,8 +7,8 @@ use crate::logs::AgentLogs;
 use crate::registry::{AgentKeys, StatusBoard};
 use actix::prelude::*;
 use futures_util::future::join_all;
-use ironcage_shared::protocol::{AgentInfo, StopReason};
 use ironcage_shared::AgentName;
+use ironcage_shared::protocol::{AgentInfo, StopReason};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -47,7 +47,10 @@ impl std::fmt::Display for ReloadSummary {
             if v.is_empty() {
                 "none".to_owned()
             } else {
-                v.iter().map(AgentName::as_str).collect::<Vec<_>>().join(", ")
+                v.iter()
+                    .map(AgentName::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             }
         };
         write!(
@@ -70,14 +73,26 @@ impl Handler<Apply> for Supervisor {
         let mut summary = ReloadSummary::default();
         let mut pending = Vec::new();
         let wanted: HashMap<_, _> = m.0.iter().map(|s| (s.name.clone(), s)).collect();
-        let gone: Vec<AgentName> = self.agents.keys().filter(|n| !wanted.contains_key(*n)).cloned().collect();
+        let gone: Vec<AgentName> = self
+            .agents
+            .keys()
+            .filter(|n| !wanted.contains_key(*n))
+            .cloned()
+            .collect();
         for name in gone {
             if let Some(s) = self.agents.remove(&name) {
                 summary.removed.push(name);
                 pending.push(Box::pin(async move {
-                    let _ = s.addr.send(Stop { reason: StopReason::Reload, then_start: false }).await;
+                    let _ = s
+                        .addr
+                        .send(Stop {
+                            reason: StopReason::Reload,
+                            then_start: false,
+                        })
+                        .await;
                     let _ = s.addr.send(Terminate).await;
-                }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>);
+                })
+                    as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>);
             }
         }
         for spec in m.0 {
@@ -111,7 +126,8 @@ impl Handler<Apply> for Supervisor {
                     if autostart {
                         addr.do_send(Start);
                     }
-                    self.agents.insert(spec.name.clone(), Supervised { addr, spec, logs });
+                    self.agents
+                        .insert(spec.name.clone(), Supervised { addr, spec, logs });
                 }
             }
         }
@@ -132,7 +148,9 @@ struct Lookup(AgentName);
 impl Handler<Lookup> for Supervisor {
     type Result = Option<(Addr<AgentActor>, Arc<AgentLogs>)>;
     fn handle(&mut self, m: Lookup, _: &mut Context<Self>) -> Self::Result {
-        self.agents.get(&m.0).map(|s| (s.addr.clone(), s.logs.clone()))
+        self.agents
+            .get(&m.0)
+            .map(|s| (s.addr.clone(), s.logs.clone()))
     }
 }
 
@@ -145,7 +163,13 @@ impl Handler<StopAll> for Supervisor {
     fn handle(&mut self, m: StopAll, _: &mut Context<Self>) -> Self::Result {
         let addrs: Vec<_> = self.agents.values().map(|s| s.addr.clone()).collect();
         Box::pin(async move {
-            join_all(addrs.iter().map(|a| a.send(Stop { reason: m.0, then_start: false }))).await;
+            join_all(addrs.iter().map(|a| {
+                a.send(Stop {
+                    reason: m.0,
+                    then_start: false,
+                })
+            }))
+            .await;
         })
     }
 }
@@ -194,7 +218,9 @@ impl SupervisorHandle {
     }
 
     pub fn status(&self, name: &AgentName) -> Result<AgentInfo, SupervisorError> {
-        self.board.get(name).ok_or_else(|| SupervisorError::NotFound(name.clone()))
+        self.board
+            .get(name)
+            .ok_or_else(|| SupervisorError::NotFound(name.clone()))
     }
 
     /// (total, running)
@@ -202,7 +228,10 @@ impl SupervisorHandle {
         self.board.counts()
     }
 
-    async fn lookup(&self, name: &AgentName) -> Result<(Addr<AgentActor>, Arc<AgentLogs>), SupervisorError> {
+    async fn lookup(
+        &self,
+        name: &AgentName,
+    ) -> Result<(Addr<AgentActor>, Arc<AgentLogs>), SupervisorError> {
         self.addr
             .send(Lookup(name.clone()))
             .await
@@ -216,18 +245,35 @@ impl SupervisorHandle {
 
     pub async fn start_agent(&self, name: &AgentName) -> Result<String, SupervisorError> {
         let (a, _) = self.lookup(name).await?;
-        a.send(Start).await.map_err(|_| SupervisorError::Gone)?.map_err(SupervisorError::Refused)
+        a.send(Start)
+            .await
+            .map_err(|_| SupervisorError::Gone)?
+            .map_err(SupervisorError::Refused)
     }
 
-    pub async fn stop_agent(&self, name: &AgentName, reason: StopReason) -> Result<String, SupervisorError> {
+    pub async fn stop_agent(
+        &self,
+        name: &AgentName,
+        reason: StopReason,
+    ) -> Result<String, SupervisorError> {
         let (a, _) = self.lookup(name).await?;
-        a.send(Stop { reason, then_start: false }).await.map_err(|_| SupervisorError::Gone)?;
+        a.send(Stop {
+            reason,
+            then_start: false,
+        })
+        .await
+        .map_err(|_| SupervisorError::Gone)?;
         Ok(format!("agent {name} stopped"))
     }
 
     pub async fn restart_agent(&self, name: &AgentName) -> Result<String, SupervisorError> {
         let (a, _) = self.lookup(name).await?;
-        a.send(Stop { reason: StopReason::Operator, then_start: true }).await.map_err(|_| SupervisorError::Gone)?;
+        a.send(Stop {
+            reason: StopReason::Operator,
+            then_start: true,
+        })
+        .await
+        .map_err(|_| SupervisorError::Gone)?;
         let pid = self.board.get(name).and_then(|i| i.pid);
         Ok(match pid {
             Some(pid) => format!("agent {name} restarted (pid {pid})"),
@@ -235,14 +281,24 @@ impl SupervisorHandle {
         })
     }
 
-    pub async fn kill_agent(&self, name: &AgentName, signal: i32) -> Result<String, SupervisorError> {
+    pub async fn kill_agent(
+        &self,
+        name: &AgentName,
+        signal: i32,
+    ) -> Result<String, SupervisorError> {
         let (a, _) = self.lookup(name).await?;
-        a.send(Kill { signal }).await.map_err(|_| SupervisorError::Gone)?.map_err(SupervisorError::Refused)
+        a.send(Kill { signal })
+            .await
+            .map_err(|_| SupervisorError::Gone)?
+            .map_err(SupervisorError::Refused)
     }
 
     /// Brings the set of agents in line with `specs`.
     pub async fn apply(&self, specs: Vec<AgentSpec>) -> Result<ReloadSummary, SupervisorError> {
-        self.addr.send(Apply(specs)).await.map_err(|_| SupervisorError::Gone)
+        self.addr
+            .send(Apply(specs))
+            .await
+            .map_err(|_| SupervisorError::Gone)
     }
 
     /// Stops every agent and waits until all are gone.

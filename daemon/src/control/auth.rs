@@ -28,11 +28,20 @@ impl Peer {
             && let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
             && let Some(line) = status.lines().find(|l| l.starts_with("Groups:"))
         {
-            groups.extend(line["Groups:".len()..].split_whitespace().filter_map(|g| g.parse::<u32>().ok()));
+            groups.extend(
+                line["Groups:".len()..]
+                    .split_whitespace()
+                    .filter_map(|g| g.parse::<u32>().ok()),
+            );
         }
         groups.sort_unstable();
         groups.dedup();
-        Ok(Peer { uid: cred.uid(), gid: cred.gid(), pid, groups })
+        Ok(Peer {
+            uid: cred.uid(),
+            gid: cred.gid(),
+            pid,
+            groups,
+        })
     }
 
     /// `uid 1000 (alice)` for messages.
@@ -72,7 +81,12 @@ mod tests {
     use super::*;
 
     fn peer(uid: u32, groups: Vec<u32>) -> Peer {
-        Peer { uid, gid: groups.first().copied().unwrap_or(uid), pid: None, groups }
+        Peer {
+            uid,
+            gid: groups.first().copied().unwrap_or(uid),
+            pid: None,
+            groups,
+        }
     }
 
     #[test]
@@ -82,13 +96,25 @@ mod tests {
             viewers: vec![Principal::Group("nogroup".into()), Principal::Uid(2000)],
         };
         assert_eq!(role_for(&peer(0, vec![0]), &access, 999), Some(Role::Admin));
-        assert_eq!(role_for(&peer(999, vec![999]), &access, 999), Some(Role::Admin));
-        assert_eq!(role_for(&peer(1000, vec![1000]), &access, 999), Some(Role::Admin));
-        assert_eq!(role_for(&peer(2000, vec![2000]), &access, 999), Some(Role::Viewer));
+        assert_eq!(
+            role_for(&peer(999, vec![999]), &access, 999),
+            Some(Role::Admin)
+        );
+        assert_eq!(
+            role_for(&peer(1000, vec![1000]), &access, 999),
+            Some(Role::Admin)
+        );
+        assert_eq!(
+            role_for(&peer(2000, vec![2000]), &access, 999),
+            Some(Role::Viewer)
+        );
         assert_eq!(role_for(&peer(3000, vec![3000]), &access, 999), None);
         // nogroup is gid 65534 on Debian-like systems.
         if let Ok(Some(g)) = Group::from_name("nogroup") {
-            assert_eq!(role_for(&peer(4000, vec![g.gid.as_raw()]), &access, 999), Some(Role::Viewer));
+            assert_eq!(
+                role_for(&peer(4000, vec![g.gid.as_raw()]), &access, 999),
+                Some(Role::Viewer)
+            );
         }
     }
 }

@@ -20,7 +20,11 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
 /// Accepts connections until `shutdown` flips to true.
-pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: UnixListener,
+    daemon: Arc<Daemon>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
@@ -56,7 +60,14 @@ async fn read_request(stream: &mut UnixStream) -> Result<Option<Request>, FrameE
         Ok(None) => return Ok(None),
         Err(e) => {
             if !matches!(e, FrameError::Io(_) | FrameError::Truncated { .. }) {
-                let _ = send(stream, &Response::error(ErrorCode::Malformed, format!("bad frame: {e}; closing the connection"))).await;
+                let _ = send(
+                    stream,
+                    &Response::error(
+                        ErrorCode::Malformed,
+                        format!("bad frame: {e}; closing the connection"),
+                    ),
+                )
+                .await;
             }
             return Err(e);
         }
@@ -77,13 +88,20 @@ async fn read_request(stream: &mut UnixStream) -> Result<Option<Request>, FrameE
     }
 }
 
-async fn connection(mut stream: UnixStream, daemon: Arc<Daemon>, shutdown: watch::Receiver<bool>) -> Result<(), FrameError> {
+async fn connection(
+    mut stream: UnixStream,
+    daemon: Arc<Daemon>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), FrameError> {
     let peer = Peer::from_stream(&stream)?;
     let hello = match read_request(&mut stream).await? {
         None => return Ok(()),
         Some(Request::Hello(h)) => h,
         Some(other) => {
-            let msg = format!("expected Hello first, got `{}`; closing the connection", other.name());
+            let msg = format!(
+                "expected Hello first, got `{}`; closing the connection",
+                other.name()
+            );
             send(&mut stream, &Response::error(ErrorCode::HelloRequired, msg)).await?;
             return Ok(());
         }
@@ -97,7 +115,11 @@ async fn connection(mut stream: UnixStream, daemon: Arc<Daemon>, shutdown: watch
             PROTOCOL_VERSION
         );
         tracing::warn!(uid = peer.uid, "{msg}");
-        send(&mut stream, &Response::error(ErrorCode::VersionMismatch, msg)).await?;
+        send(
+            &mut stream,
+            &Response::error(ErrorCode::VersionMismatch, msg),
+        )
+        .await?;
         return Ok(());
     }
     let config = daemon.config();
@@ -109,7 +131,11 @@ async fn connection(mut stream: UnixStream, daemon: Arc<Daemon>, shutdown: watch
             daemon.paths.config.display()
         );
         tracing::warn!(uid = peer.uid, pid = ?peer.pid, "refused control connection: no role");
-        send(&mut stream, &Response::error(ErrorCode::PermissionDenied, msg)).await?;
+        send(
+            &mut stream,
+            &Response::error(ErrorCode::PermissionDenied, msg),
+        )
+        .await?;
         return Ok(());
     };
     send(
@@ -131,7 +157,11 @@ async fn connection(mut stream: UnixStream, daemon: Arc<Daemon>, shutdown: watch
                 req.name()
             );
             tracing::warn!(uid = peer.uid, request = req.name(), "permission denied");
-            send(&mut stream, &Response::error(ErrorCode::PermissionDenied, msg)).await?;
+            send(
+                &mut stream,
+                &Response::error(ErrorCode::PermissionDenied, msg),
+            )
+            .await?;
             continue;
         }
         if let Request::AgentLogs(l) = &req
@@ -140,7 +170,14 @@ async fn connection(mut stream: UnixStream, daemon: Arc<Daemon>, shutdown: watch
             return handlers::agents::follow_logs(&mut stream, &daemon, l, shutdown.clone()).await;
         }
         if matches!(req, Request::Hello(_)) {
-            send(&mut stream, &Response::error(ErrorCode::Invalid, "Hello was already exchanged on this connection")).await?;
+            send(
+                &mut stream,
+                &Response::error(
+                    ErrorCode::Invalid,
+                    "Hello was already exchanged on this connection",
+                ),
+            )
+            .await?;
             continue;
         }
         tracing::debug!(uid = peer.uid, request = req.name(), "control request");

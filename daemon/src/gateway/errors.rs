@@ -9,7 +9,13 @@ use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
 /// Builds an error response in `kind`'s JSON format.
-pub fn error(kind: ProviderKind, status: StatusCode, err_type: &str, code: &str, message: &str) -> Response<Body> {
+pub fn error(
+    kind: ProviderKind,
+    status: StatusCode,
+    err_type: &str,
+    code: &str,
+    message: &str,
+) -> Response<Body> {
     let body = match kind {
         ProviderKind::OpenAi => serde_json::json!({
             "error": { "message": message, "type": err_type, "param": null, "code": code }
@@ -19,10 +25,20 @@ pub fn error(kind: ProviderKind, status: StatusCode, err_type: &str, code: &str,
             "error": { "type": err_type, "message": message }
         }),
     };
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())).map_err(|never| match never {}).boxed());
+    let mut resp = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *resp.status_mut() = status;
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp.headers_mut().insert("x-iron-cage-error", HeaderValue::from_str(code).unwrap_or(HeaderValue::from_static("error")));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut().insert(
+        "x-iron-cage-error",
+        HeaderValue::from_str(code).unwrap_or(HeaderValue::from_static("error")),
+    );
     resp
 }
 
@@ -41,21 +57,51 @@ pub fn budget_refused(kind: ProviderKind, message: &str) -> Response<Body> {
         ProviderKind::OpenAi => "insufficient_quota",
         ProviderKind::Anthropic => "budget_exceeded_error",
     };
-    error(kind, StatusCode::PAYMENT_REQUIRED, t, "budget_exceeded", &format!("Iron Cage: {message}"))
+    error(
+        kind,
+        StatusCode::PAYMENT_REQUIRED,
+        t,
+        "budget_exceeded",
+        &format!("Iron Cage: {message}"),
+    )
 }
 
 pub fn bad_request(kind: ProviderKind, code: &str, message: &str) -> Response<Body> {
-    error(kind, StatusCode::BAD_REQUEST, "invalid_request_error", code, &format!("Iron Cage gateway: {message}"))
+    error(
+        kind,
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        code,
+        &format!("Iron Cage gateway: {message}"),
+    )
 }
 
 pub fn bad_gateway(kind: ProviderKind, message: &str) -> Response<Body> {
-    error(kind, StatusCode::BAD_GATEWAY, "api_error", "upstream_unreachable", &format!("Iron Cage gateway: {message}"))
+    error(
+        kind,
+        StatusCode::BAD_GATEWAY,
+        "api_error",
+        "upstream_unreachable",
+        &format!("Iron Cage gateway: {message}"),
+    )
 }
 
 pub fn unavailable(kind: ProviderKind, code: &str, message: &str) -> Response<Body> {
-    error(kind, StatusCode::SERVICE_UNAVAILABLE, "api_error", code, &format!("Iron Cage gateway: {message}"))
+    error(
+        kind,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "api_error",
+        code,
+        &format!("Iron Cage gateway: {message}"),
+    )
 }
 
 pub fn not_found(kind: ProviderKind, message: &str) -> Response<Body> {
-    error(kind, StatusCode::NOT_FOUND, "invalid_request_error", "path_not_allowed", &format!("Iron Cage gateway: {message}"))
+    error(
+        kind,
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "path_not_allowed",
+        &format!("Iron Cage gateway: {message}"),
+    )
 }

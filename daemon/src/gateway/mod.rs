@@ -21,8 +21,9 @@ pub mod tokens;
 pub mod upstream;
 pub mod usage;
 
+use crate::actors::breaker::BreakerHandle;
 use crate::actors::budget::BudgetHandle;
-use crate::config::{BudgetSpec, Config, ProviderKind};
+use crate::config::{BreakerSettings, BudgetSpec, Config, ModelRef, ProviderKind};
 use crate::registry::AgentKeys;
 use crate::secret::SecretString;
 use bytes::Bytes;
@@ -50,6 +51,8 @@ pub struct Provider {
     pub kind: ProviderKind,
     pub base_url: String,
     pub key: Option<SecretString>,
+    /// Retries and backoff (the breaker actor holds the thresholds).
+    pub breaker: BreakerSettings,
 }
 
 /// What the gateway needs to know about one agent.
@@ -58,6 +61,8 @@ pub struct AgentPolicy {
     pub budget: Option<BudgetSpec>,
     /// Allowed providers by name; empty = all.
     pub providers: Vec<String>,
+    /// Models to fall back to, in order (see [`proxy`]).
+    pub fallback: Vec<ModelRef>,
 }
 
 /// An immutable view of the configuration, swapped whole on reload so a call
@@ -90,23 +95,41 @@ impl Snapshot {
                     }
                 },
             };
-            providers.push(Arc::new(Provider { name: p.name.clone(), kind: p.kind, base_url: p.base_url.clone(), key }));
+            providers.push(Arc::new(Provider {
+                name: p.name.clone(),
+                kind: p.kind,
+                base_url: p.base_url.clone(),
+                key,
+                breaker: p.breaker,
+            }));
         }
         let mut prices = match &config.gateway.price_file {
             None => PriceTable::builtin(),
             Some(f) => {
-                let text = std::fs::read_to_string(f).map_err(|e| format!("cannot read price file {}: {e}", f.display()))?;
-                PriceTable::from_json_str(&text).map_err(|e| format!("price file {}: {e}", f.display()))?
+                let text = std::fs::read_to_string(f)
+                    .map_err(|e| format!("cannot read price file {}: {e}", f.display()))?;
+                PriceTable::from_json_str(&text)
+                    .map_err(|e| format!("price file {}: {e}", f.display()))?
             }
         };
         if let Some(over) = &config.gateway.price_overrides {
-            let t = PriceTable::from_json_str(over).map_err(|e| format!("{}: [gateway.prices]: {e}", config.path.display()))?;
+            let t = PriceTable::from_json_str(over)
+                .map_err(|e| format!("{}: [gateway.prices]: {e}", config.path.display()))?;
             prices.merge_overrides(t);
         }
         let agents = config
             .agents
             .iter()
-            .map(|a| (a.name.clone(), AgentPolicy { budget: a.budget, providers: a.providers.clone() }))
+            .map(|a| {
+                (
+                    a.name.clone(),
+                    AgentPolicy {
+                        budget: a.budget,
+                        providers: a.providers.clone(),
+                        fallback: a.fallback.clone(),
+                    },
+                )
+            })
             .collect();
         Ok(Snapshot {
             providers,
@@ -121,18 +144,30 @@ impl Snapshot {
     /// Picks the provider for a call: `provider/model` names one explicitly;
     /// otherwise the first provider of the API's family the agent may use.
     /// Returns the provider and the model name to send upstream.
-    pub fn route<'a>(&self, agent: &AgentName, family: ProviderKind, model: &'a str) -> Result<(Arc<Provider>, &'a str), String> {
+    pub fn route<'a>(
+        &self,
+        agent: &AgentName,
+        family: ProviderKind,
+        model: &'a str,
+    ) -> Result<(Arc<Provider>, &'a str), String> {
         let allowed = |p: &Provider| {
-            self.agents.get(agent).is_none_or(|a| a.providers.is_empty() || a.providers.iter().any(|n| *n == p.name))
+            self.agents
+                .get(agent)
+                .is_none_or(|a| a.providers.is_empty() || a.providers.contains(&p.name))
         };
         if let Some((prefix, rest)) = model.split_once('/')
             && let Some(p) = self.providers.iter().find(|p| p.name == prefix)
         {
             if p.kind != family {
-                return Err(format!("provider {prefix:?} speaks the {} API, not this one", p.kind.as_str()));
+                return Err(format!(
+                    "provider {prefix:?} speaks the {} API, not this one",
+                    p.kind.as_str()
+                ));
             }
             if !allowed(p) {
-                return Err(format!("agent {agent} may not use provider {prefix:?} (see its `providers` list)"));
+                return Err(format!(
+                    "agent {agent} may not use provider {prefix:?} (see its `providers` list)"
+                ));
             }
             return Ok((p.clone(), rest));
         }
@@ -154,6 +189,7 @@ impl Snapshot {
 pub struct Gateway {
     pub keys: Arc<AgentKeys>,
     pub budget: BudgetHandle,
+    pub breaker: BreakerHandle,
     pub client: upstream::HttpsClient,
     snapshot: RwLock<Arc<Snapshot>>,
 }
@@ -165,10 +201,23 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    pub fn new(config: &Config, keys: Arc<AgentKeys>, budget: BudgetHandle) -> Result<Self, String> {
+    pub fn new(
+        config: &Config,
+        keys: Arc<AgentKeys>,
+        budget: BudgetHandle,
+        breaker: BreakerHandle,
+    ) -> Result<Self, String> {
         let snapshot = Snapshot::build(config)?;
-        let client = upstream::client().map_err(|e| format!("cannot load the system's CA certificates for HTTPS to providers: {e}"))?;
-        Ok(Gateway { keys, budget, client, snapshot: RwLock::new(Arc::new(snapshot)) })
+        let client = upstream::client().map_err(|e| {
+            format!("cannot load the system's CA certificates for HTTPS to providers: {e}")
+        })?;
+        Ok(Gateway {
+            keys,
+            budget,
+            breaker,
+            client,
+            snapshot: RwLock::new(Arc::new(snapshot)),
+        })
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -218,7 +267,10 @@ pub struct ChannelBody(pub mpsc::Receiver<Result<Bytes, std::io::Error>>);
 impl http_body::Body for ChannelBody {
     type Data = Bytes;
     type Error = std::io::Error;
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         self.0.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
     }
 }

@@ -43,7 +43,11 @@ impl Api {
 /// The family an unmetered path belongs to, guessed from its shape: Anthropic's
 /// SDK sends `x-api-key`, OpenAI's `Authorization: Bearer`.
 pub fn family_from_headers(has_x_api_key: bool) -> ProviderKind {
-    if has_x_api_key { ProviderKind::Anthropic } else { ProviderKind::OpenAi }
+    if has_x_api_key {
+        ProviderKind::Anthropic
+    } else {
+        ProviderKind::OpenAi
+    }
 }
 
 /// Path to request upstream. OpenAI-style base URLs end in the API version
@@ -66,7 +70,10 @@ mod tests {
 
     #[test]
     fn classify() {
-        assert_eq!(Api::from_path("/v1/chat/completions"), Some(Api::ChatCompletions));
+        assert_eq!(
+            Api::from_path("/v1/chat/completions"),
+            Some(Api::ChatCompletions)
+        );
         assert_eq!(Api::from_path("/v1/messages"), Some(Api::AnthropicMessages));
         assert_eq!(Api::from_path("/v1/models"), None);
         assert_eq!(Api::from_path("/v1/responses/"), Some(Api::Responses));
@@ -75,11 +82,19 @@ mod tests {
     #[test]
     fn urls() {
         assert_eq!(
-            upstream_url("https://api.openai.com/v1", ProviderKind::OpenAi, "/v1/chat/completions"),
+            upstream_url(
+                "https://api.openai.com/v1",
+                ProviderKind::OpenAi,
+                "/v1/chat/completions"
+            ),
             "https://api.openai.com/v1/chat/completions"
         );
         assert_eq!(
-            upstream_url("https://api.anthropic.com", ProviderKind::Anthropic, "/v1/messages?beta=true"),
+            upstream_url(
+                "https://api.anthropic.com",
+                ProviderKind::Anthropic,
+                "/v1/messages?beta=true"
+            ),
             "https://api.anthropic.com/v1/messages?beta=true"
         );
     }

@@ -68,7 +68,13 @@ pub fn forward_response_headers(from: &HeaderMap, body_rewritten: bool) -> Heade
     for (k, v) in from {
         if matches!(
             k.as_str(),
-            "connection" | "keep-alive" | "transfer-encoding" | "te" | "trailer" | "upgrade" | "proxy-authenticate"
+            "connection"
+                | "keep-alive"
+                | "transfer-encoding"
+                | "te"
+                | "trailer"
+                | "upgrade"
+                | "proxy-authenticate"
         ) || (body_rewritten && k == header::CONTENT_LENGTH)
         {
             continue;
@@ -86,7 +92,10 @@ mod tests {
     #[test]
     fn credentials_and_hop_headers_never_forwarded() {
         let mut h = HeaderMap::new();
-        h.insert("authorization", HeaderValue::from_static("Bearer ic-vk-123"));
+        h.insert(
+            "authorization",
+            HeaderValue::from_static("Bearer ic-vk-123"),
+        );
         h.insert("x-api-key", HeaderValue::from_static("ic-vk-123"));
         h.insert("connection", HeaderValue::from_static("keep-alive"));
         h.insert("x-iron-cage-tag", HeaderValue::from_static("t"));

@@ -97,6 +97,57 @@ def anthropic_messages(client, step):
         return err(e)
 
 
+def iron_headers(h):
+    """The gateway's own response headers (and Retry-After)."""
+    return {k.lower(): v for k, v in h.items() if k.lower().startswith("x-iron-cage-") or k.lower() == "retry-after"}
+
+
+def openai_chat_raw(client, step):
+    """Like openai_chat, through with_raw_response: also reports the HTTP status,
+    the gateway's headers, the model of every chunk, and a stream that breaks
+    part-way (what arrived before the error)."""
+    stream = bool(step.get("stream"))
+    kw = dict(model=step.get("model", "gpt-4o-mini"),
+              messages=[{"role": "user", "content": step.get("prompt", "hello there agent")}],
+              max_tokens=step.get("max_tokens", 10), extra_headers=usage_header(step))
+    try:
+        raw = client.chat.completions.with_raw_response.create(stream=stream, **kw)
+    except openai.APIStatusError as e:
+        r = err(e)
+        r["headers"] = iron_headers(e.response.headers)
+        return r
+    except openai.APIConnectionError as e:
+        return err(e)
+    out = {"ok": True, "status": raw.status_code, "headers": iron_headers(raw.headers)}
+    if stream:
+        texts, models = [], []
+        try:
+            for c in raw.parse():
+                models.append(c.model)
+                if c.choices:
+                    texts.append(c.choices[0].delta.content or "")
+        except Exception as e:  # a stream broken mid-way surfaces while iterating
+            out.update(ok=False, broke=True, message=str(e), type=type(e).__name__)
+        out.update(text="".join(texts), chunks=len(models), models=sorted(set(models)))
+    else:
+        r = raw.parse()
+        out.update(text=r.choices[0].message.content, models=[r.model])
+    return out
+
+
+def wait_file(step):
+    """A barrier: touches step["ready"] (if given), then waits for step["path"]."""
+    import time
+    if "ready" in step:
+        open(step["ready"], "w").close()
+    deadline = time.monotonic() + step.get("timeout", 120)
+    while not os.path.exists(step["path"]):
+        if time.monotonic() > deadline:
+            return {"ok": False, "message": f"timed out waiting for {step['path']}"}
+        time.sleep(0.005)
+    return {"ok": True}
+
+
 async def concurrent(step):
     client = openai.AsyncOpenAI(max_retries=0)
     inner = dict(step["call"])
@@ -130,6 +181,10 @@ def main():
             r = anthropic_messages(an, step)
         elif kind == "concurrent":
             r = asyncio.run(concurrent(step))
+        elif kind == "openai_chat_raw":
+            r = openai_chat_raw(oa, step)
+        elif kind == "wait_file":
+            r = wait_file(step)
         else:
             r = {"ok": False, "message": f"unknown step kind {kind}"}
         out["steps"].append(r)

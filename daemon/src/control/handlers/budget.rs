@@ -18,9 +18,15 @@ pub async fn show(d: &Daemon, name: Option<AgentName>) -> Response {
     if let Some(n) = &name
         && d.config().agent(n).is_none()
     {
-        return Response::error(ErrorCode::NotFound, format!("no agent named {n}; `ironctl agents list` shows the configured ones"));
+        return Response::error(
+            ErrorCode::NotFound,
+            format!("no agent named {n}; `ironctl agents list` shows the configured ones"),
+        );
     }
-    d.budget.show(name).await.map_or_else(err, Response::Budgets)
+    d.budget
+        .show(name)
+        .await
+        .map_or_else(err, Response::Budgets)
 }
 
 pub async fn set(d: &Daemon, r: BudgetSetRequest) -> Response {
@@ -38,7 +44,9 @@ pub async fn set(d: &Daemon, r: BudgetSetRequest) -> Response {
 
 pub async fn reset(d: &Daemon, name: AgentName) -> Response {
     match d.budget.reset(name.clone()).await {
-        Ok(_) => Response::ok(format!("agent {name}'s spend for the current period is reset to $0.00")),
+        Ok(_) => Response::ok(format!(
+            "agent {name}'s spend for the current period is reset to $0.00"
+        )),
         Err(e) => err(e),
     }
 }

@@ -22,6 +22,9 @@ pub fn status(d: &Daemon) -> Response {
 pub async fn reload(d: &Daemon) -> Response {
     match d.reload().await {
         Ok(summary) => Response::ok(format!("configuration reloaded; {summary}")),
-        Err(e) => Response::error(ErrorCode::Invalid, format!("configuration rejected, the running one stays: {e}")),
+        Err(e) => Response::error(
+            ErrorCode::Invalid,
+            format!("configuration rejected, the running one stays: {e}"),
+        ),
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod agents;
 pub mod budget;
+pub mod circuits;
 pub mod daemon;
 
 use crate::daemon::Daemon;
@@ -24,5 +25,7 @@ pub async fn handle(d: &Daemon, req: Request) -> Response {
         Request::BudgetSet(r) => budget::set(d, r).await,
         Request::BudgetReset(r) => budget::reset(d, r.name).await,
         Request::Costs(r) => budget::costs(d, r).await,
+        Request::CircuitsList => circuits::list(d).await,
+        Request::CircuitReset(r) => circuits::reset(d, r).await,
     }
 }
