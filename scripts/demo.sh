@@ -86,9 +86,30 @@ say "the agents never saw a real key: support-bot's OPENAI_API_KEY is a virtual 
 tr '\0' '\n' < "/proc/$("$CTL" --json agents status support-bot | "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["pid"])')/environ" \
     | grep -E '^OPENAI_(API_KEY|BASE_URL)=' | sed -E 's/(ic-vk-.{6}).*/\1.../'
 
+say "an outage: the mock provider now fails every gpt-4o call with HTTP 500"
+"$VENV/bin/python" - "$MOCK" <<'PY'
+import json, sys, urllib.request
+req = urllib.request.Request(sys.argv[1] + "/_mock/faults", method="POST",
+                             data=json.dumps({"model": "gpt-4o", "status": 500}).encode(),
+                             headers={"content-type": "application/json"})
+urllib.request.urlopen(req, timeout=10).read()
+PY
+for _ in $(seq 1 600); do
+    "$CTL" --json circuits list | grep -q '"state": "open"' && break
+    sleep 0.1
+done
+say "ironctl circuits list: gpt-4o's circuit is open"
+"$CTL" circuits list
+sleep 2
+say "the summarizer keeps working: the gateway falls back to gpt-4o-mini"
+"$CTL" agents logs summarizer -n 4
+
 say "ironctl agents kill heartbeat (restart=always, but an operator kill is a stop)"
 "$CTL" agents kill heartbeat
 "$CTL" agents list
+
+say "ironctl pii scan: finds personal data and keys in a file (values masked), no daemon needed"
+"$CTL" pii scan examples/customer-note.txt || true
 
 if [ -n "${DEMO_KEEP:-}" ]; then
     say "running; try: IRONCAGE_SOCKET=$IRONCAGE_SOCKET $CTL agents list   (Ctrl-C to stop)"
