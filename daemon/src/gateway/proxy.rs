@@ -389,20 +389,9 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> 
         .map_or("/", |p| p.as_str())
         .to_owned();
     let (parts, body) = req.into_parts();
-    let bytes = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return errors::error(
-                family,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "invalid_request_error",
-                "request_too_large",
-                &format!(
-                    "Iron Cage gateway: cannot read the request body ({e}); the limit is {} MiB",
-                    MAX_REQUEST_BODY >> 20
-                ),
-            );
-        }
+    let bytes = match read_request_body(family, body).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
     };
     let mut request: Value = match serde_json::from_slice(&bytes) {
         Ok(v @ Value::Object(_)) => v,
@@ -1031,6 +1020,23 @@ fn relay_stream(
     out
 }
 
+/// Reads an agent's request body, up to [`MAX_REQUEST_BODY`].
+async fn read_request_body(family: ProviderKind, body: Incoming) -> Result<Bytes, Response<Body>> {
+    match Limited::new(body, MAX_REQUEST_BODY).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) => Err(errors::error(
+            family,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "request_too_large",
+            &format!(
+                "Iron Cage gateway: cannot read the request body ({e}); the limit is {} MiB",
+                MAX_REQUEST_BODY >> 20
+            ),
+        )),
+    }
+}
+
 /// Proxies a non-metered path (only when the config allows it).
 async fn unmetered(
     gw: Arc<Gateway>,
@@ -1052,9 +1058,9 @@ async fn unmetered(
         .map_or("/", |p| p.as_str())
         .to_owned();
     let (parts, body) = req.into_parts();
-    let bytes = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => return errors::bad_request(family, "request_too_large", &e.to_string()),
+    let bytes = match read_request_body(family, body).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
     };
     let mut up = Request::builder()
         .method(parts.method.clone())
