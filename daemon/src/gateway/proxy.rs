@@ -383,14 +383,8 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> 
         Ok(t) => t,
         Err(m) => return errors::bad_request(family, "bad_tag", &m),
     };
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    let (parts, body) = req.into_parts();
-    let bytes = match read_request_body(family, body).await {
-        Ok(b) => b,
+    let (path_and_query, parts, bytes) = match read_request(family, req).await {
+        Ok(r) => r,
         Err(resp) => return resp,
     };
     let mut request: Value = match serde_json::from_slice(&bytes) {
@@ -1020,10 +1014,20 @@ fn relay_stream(
     out
 }
 
-/// Reads an agent's request body, up to [`MAX_REQUEST_BODY`].
-async fn read_request_body(family: ProviderKind, body: Incoming) -> Result<Bytes, Response<Body>> {
+/// Splits an agent's request into its path and query, its head, and its body
+/// (read whole, up to [`MAX_REQUEST_BODY`]).
+async fn read_request(
+    family: ProviderKind,
+    req: Request<Incoming>,
+) -> Result<(String, http::request::Parts, Bytes), Response<Body>> {
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let (parts, body) = req.into_parts();
     match Limited::new(body, MAX_REQUEST_BODY).collect().await {
-        Ok(b) => Ok(b.to_bytes()),
+        Ok(b) => Ok((path_and_query, parts, b.to_bytes())),
         Err(e) => Err(errors::error(
             family,
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -1052,14 +1056,8 @@ async fn unmetered(
             &format!("no {} provider is configured", family.as_str()),
         );
     };
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    let (parts, body) = req.into_parts();
-    let bytes = match read_request_body(family, body).await {
-        Ok(b) => b,
+    let (path_and_query, parts, bytes) = match read_request(family, req).await {
+        Ok(r) => r,
         Err(resp) => return resp,
     };
     let mut up = Request::builder()
