@@ -9,14 +9,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
 command -v cargo >/dev/null 2>&1 || { echo "cargo is required (install a Rust toolchain with rustup)"; exit 1; }
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     say "installing python3-venv"
-    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq python3-venv
+    apt_install python3-venv
 fi
 
 say "building ironcaged, ironctl and the mock provider"
@@ -24,13 +25,7 @@ cargo build --locked -q -p ironcaged -p ironctl -p ironcage-mock-provider
 BIN="$ROOT/target/debug"
 
 VENV="$ROOT/.venv"
-if [ ! -x "$VENV/bin/python" ] || ! cmp -s tests/requirements.txt "$VENV/.requirements.txt"; then
-    say "creating a Python venv with the openai and anthropic SDKs"
-    rm -rf "$VENV"
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check -r tests/requirements.txt
-    cp tests/requirements.txt "$VENV/.requirements.txt"
-fi
+ensure_venv "$VENV"
 
 RUN=$(mktemp -d /tmp/ironcage-demo.XXXXXX)
 MOCK_PID=""; DAEMON_PID=""

@@ -8,6 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -19,22 +21,13 @@ command -v make >/dev/null 2>&1 || need_pkgs+=(make)
 command -v cc >/dev/null 2>&1 || need_pkgs+=(gcc)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     step "installing Debian packages: ${need_pkgs[*]}"
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}"
+    apt_install "${need_pkgs[@]}"
 fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo is required (install a Rust toolchain with rustup)"; exit 1; }
 
 # --- Python venv for the SDK tests -------------------------------------------
 VENV="$ROOT/.venv"
-if [ ! -x "$VENV/bin/python" ] || ! cmp -s tests/requirements.txt "$VENV/.requirements.txt"; then
-    step "creating the Python venv ($VENV) from tests/requirements.txt"
-    rm -rf "$VENV"
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check -r tests/requirements.txt
-    cp tests/requirements.txt "$VENV/.requirements.txt"
-fi
+ensure_venv "$VENV"
 
 # --- Rust ----------------------------------------------------------------------
 if [ -z "${SKIP_LINT:-}" ]; then

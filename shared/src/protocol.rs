@@ -450,6 +450,23 @@ pub struct CircuitInfo {
     pub latency_p99_us: Option<u64>,
 }
 
+impl CostRow {
+    /// A row with nothing counted yet.
+    pub fn empty(key: impl Into<String>) -> Self {
+        CostRow {
+            key: key.into(),
+            calls: 0,
+            input_tokens: 0,
+            output_tokens: 0,
+            cache_read_tokens: 0,
+            cache_write_tokens: 0,
+            reasoning_tokens: 0,
+            cost: Micros::ZERO,
+            estimated_calls: 0,
+        }
+    }
+}
+
 impl From<HelloRequest> for Request {
     fn from(v: HelloRequest) -> Self {
         Request::Hello(v)

@@ -46,15 +46,8 @@ pub fn render_table(report: &CostsReport) -> String {
         ("COST", Align::Right),
     ]);
     let mut sum = CostRow {
-        key: "TOTAL".to_owned(),
-        calls: 0,
-        input_tokens: 0,
-        output_tokens: 0,
-        cache_read_tokens: 0,
-        cache_write_tokens: 0,
-        reasoning_tokens: 0,
         cost: report.total,
-        estimated_calls: 0,
+        ..CostRow::empty("TOTAL")
     };
     let row = |r: &CostRow| {
         let mark = if r.estimated_calls > 0 { "~" } else { "" };

@@ -395,17 +395,9 @@ pub(super) fn costs(store: &Store, req: &CostsRequest) -> Result<CostsReport, Bu
             CostsBy::Provider => s.provider.clone(),
             CostsBy::Tag => s.tag.clone().unwrap_or_else(|| "-".to_owned()),
         };
-        let r = rows.entry(key).or_insert_with_key(|k| CostRow {
-            key: k.clone(),
-            calls: 0,
-            input_tokens: 0,
-            output_tokens: 0,
-            cache_read_tokens: 0,
-            cache_write_tokens: 0,
-            reasoning_tokens: 0,
-            cost: Micros::ZERO,
-            estimated_calls: 0,
-        });
+        let r = rows
+            .entry(key)
+            .or_insert_with_key(|k| CostRow::empty(k.clone()));
         r.calls += 1;
         r.input_tokens += s.tokens.input;
         r.output_tokens += s.tokens.output;
