@@ -18,6 +18,8 @@ PROMPT_BYTES=${PROMPT_BYTES:-4096}
 
 cargo build --release --locked -q -p ironcaged -p ironctl -p ironcage-mock-provider -p ironcage-bench
 BIN="$PWD/target/release"
+# DAEMON=path/to/another/ironcaged compares builds on the same machine state.
+DAEMON=${DAEMON:-$BIN/ironcaged}
 RUN=$(mktemp -d /tmp/ironcage-gwbench.XXXXXX)
 MOCK_PID=""; DAEMON_PID=""
 cleanup() {
@@ -53,7 +55,7 @@ budget_period = "day"
 command = ["sh", "-c", "exec $BIN/gateway-bench --target \"\$OPENAI_BASE_URL\" --api-key \"\$OPENAI_API_KEY\" --direct $MOCK --direct-api-key sk-bench-real --rate $RATE --duration-secs $DURATION --warmup-secs $WARMUP --connections 32 --prompt-bytes $PROMPT_BYTES --model gpt-4o-mini --target-pid \$PPID --direct-pid $MOCK_PID > $RUN/report.txt 2>&1"]
 TOML
 
-BENCH_OPENAI_KEY=sk-bench-real RUST_LOG=warn "$BIN/ironcaged" --config "$RUN/ironcaged.toml" 2>"$RUN/ironcaged.log" &
+BENCH_OPENAI_KEY=sk-bench-real RUST_LOG=warn "$DAEMON" --config "$RUN/ironcaged.toml" 2>"$RUN/ironcaged.log" &
 DAEMON_PID=$!
 export IRONCAGE_SOCKET="$RUN/ironcaged.sock"
 for _ in $(seq 1 300); do "$BIN/ironctl" daemon ping >/dev/null 2>&1 && break; sleep 0.1; done

@@ -263,11 +263,11 @@ pub fn run(opts: RunOptions, shutdown: Shutdown) -> anyhow::Result<()> {
         let daemon = Arc::new(Daemon::new(paths, config, supervisor.clone(), budget.clone(), breaker, gateway.clone(), Some(gateway_addr)));
         let listener = tokio::net::UnixListener::from_std(std_listener)?;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let gw_server = tokio::spawn(crate::gateway::serve(
-            tokio::net::TcpListener::from_std(gateway_listener)?,
-            gateway,
-            stop_rx.clone(),
-        ));
+        // The gateway keeps serving while agents stop (they may finish calls
+        // in their grace period); it stops once they are gone.
+        let (gw_stop_tx, gw_stop_rx) = watch::channel(false);
+        let gw_workers = crate::gateway::spawn_workers(gateway_listener, gateway, gw_stop_rx)
+            .context("cannot start the LLM gateway's worker threads")?;
         tracing::info!(gateway = %format!("http://{gateway_addr}"), "LLM gateway listening");
         supervisor.apply(agents).await?;
         // Clients connecting before this wait in the listen backlog, and then
@@ -283,7 +283,8 @@ pub fn run(opts: RunOptions, shutdown: Shutdown) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
         let _ = server.await;
         supervisor.stop_all(StopReason::Shutdown).await;
-        let _ = gw_server.await;
+        let _ = gw_stop_tx.send(true);
+        let _ = tokio::task::spawn_blocking(move || gw_workers.join()).await;
         // Everything settled so far is committed before we exit.
         budget.close().await;
         tracing::info!("all agents stopped; bye");

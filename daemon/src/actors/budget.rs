@@ -11,19 +11,24 @@
 //! ```
 //!
 //! How a call flows:
-//! 1. [`BudgetHandle::reserve`] asks the actor, which checks the inequality and
-//!    adds the worst case to `reserved` in one step: the actor processes one
-//!    message at a time, so concurrent calls cannot race past the budget. No disk
-//!    access on this path.
+//! 1. [`BudgetHandle::reserve`] checks the inequality and adds the worst case to
+//!    `reserved` in one step under the ledger's lock, on the caller's own
+//!    thread: concurrent calls cannot race past the budget, and the request
+//!    path never waits for another thread. No disk access on this path.
 //! 2. [`BudgetHandle::settle`] moves the reservation out of `reserved` and books
 //!    the real cost (even above the reservation: estimates can be low) as
-//!    `pending`, then hands the event to the writer thread.
+//!    `pending`, then queues the event for the writer thread.
 //! 3. The writer thread commits everything queued in one redb transaction (group
-//!    commit, [`redb::Durability::Immediate`]) and tells the actor, which moves
+//!    commit, [`redb::Durability::Immediate`]), then, under the same lock, moves
 //!    the amounts from `pending` to `spent`, checks alert thresholds, and only
 //!    then resolves the `settle` futures.
 //! 4. A [`Reservation`] dropped unsettled (client gone, upstream error) releases
 //!    its amount.
+//!
+//! Why a lock and not an actor: an actor put two thread hand-offs (and their
+//! futex wake-ups) on every LLM call, which was most of the gateway's overhead.
+//! The critical sections are a few arithmetic steps on one agent's ledger;
+//! nothing blocking, no I/O and no callback runs under the lock.
 //!
 //! Periods (day, ISO week, month, total) roll over at UTC boundaries, read from
 //! the injected [`Clock`]. Each ledger keeps a window per period kind, so a
@@ -37,24 +42,23 @@
 //! zeroes the current period's spend and call count and re-arms alerts; it does
 //! not touch overrides, and the spend history stays for `ironctl costs`.
 //!
-//! Threads: the actor lives on the actix thread; redb writes happen on a
-//! dedicated writer thread, `costs` reads on tokio's blocking pool, alert
-//! commands on tokio tasks. Nothing blocking runs on the actor thread.
+//! Threads: operations run on their callers' threads under the lock; redb
+//! writes happen on a dedicated writer thread, `costs` reads on tokio's
+//! blocking pool, alert commands on tokio tasks.
 //!
 //! Persistence layout is described in [`persist`].
 
-mod actor;
 mod alerts;
+mod core;
 mod ledger;
 mod period;
 pub mod persist;
 #[cfg(test)]
 mod tests;
 
+use self::core::Core;
 use crate::config::{BudgetSection, BudgetSpec, OnExhausted};
 use crate::store::{Store, StoreError};
-use actix::prelude::*;
-use actor::BudgetActor;
 use ironcage_shared::AgentName;
 use ironcage_shared::money::Micros;
 use ironcage_shared::pricing::Usage;
@@ -126,7 +130,7 @@ pub struct Reservation {
     agent: AgentName,
     amount: Micros,
     /// `None` once settled or released.
-    addr: Option<Addr<BudgetActor>>,
+    core: Option<Arc<Core>>,
 }
 
 impl Reservation {
@@ -143,18 +147,15 @@ impl fmt::Debug for Reservation {
         f.debug_struct("Reservation")
             .field("agent", &self.agent)
             .field("amount", &self.amount)
-            .field("armed", &self.addr.is_some())
+            .field("armed", &self.core.is_some())
             .finish()
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        if let Some(addr) = self.addr.take() {
-            addr.do_send(actor::Release {
-                agent: self.agent.clone(),
-                amount: self.amount,
-            });
+        if let Some(core) = self.core.take() {
+            core.release(&self.agent, self.amount);
         }
     }
 }
@@ -242,9 +243,8 @@ pub struct WriterStats {
 /// Cheap, cloneable, `Send + Sync` access to the ledger from any thread.
 #[derive(Clone)]
 pub struct BudgetHandle {
-    addr: Addr<BudgetActor>,
+    core: Arc<Core>,
     store: Arc<Store>,
-    shared: Arc<actor::Shared>,
 }
 
 impl fmt::Debug for BudgetHandle {
@@ -256,13 +256,15 @@ impl fmt::Debug for BudgetHandle {
 }
 
 impl BudgetHandle {
-    /// Starts the actor on the current actix System and its writer thread.
-    /// Loads persisted state (a blocking read, once, at start-up).
+    /// Loads persisted state (a blocking read, once, at start-up) and starts
+    /// the writer thread. Call it within a tokio runtime: alert commands run
+    /// as tasks on it.
     ///
-    /// `on_exhausted_stop` is called on the actor thread, at most once per agent
-    /// and period, when a call of an agent with `on_exhausted = "stop"` is
-    /// refused; it must not block (spawn the stop). It is not persisted: after a
-    /// daemon restart, the first refused call stops the agent again.
+    /// `on_exhausted_stop` is called on the refused caller's thread, at most
+    /// once per agent and period, when a call of an agent with `on_exhausted
+    /// = "stop"` is refused; it must not block (spawn the stop). It is not
+    /// persisted: after a daemon restart, the first refused call stops the
+    /// agent again.
     pub fn start(
         store: Arc<Store>,
         agents: Vec<(AgentName, Option<BudgetSpec>)>,
@@ -270,31 +272,34 @@ impl BudgetHandle {
         clock: Arc<dyn Clock>,
         on_exhausted_stop: Arc<dyn Fn(AgentName) + Send + Sync>,
     ) -> Result<Self, BudgetError> {
-        let (addr, shared) =
-            actor::start(store.clone(), agents, section, clock, on_exhausted_stop)?;
-        Ok(BudgetHandle {
-            addr,
-            store,
-            shared,
-        })
+        let core = core::start(store.clone(), agents, section, clock, on_exhausted_stop)?;
+        Ok(BudgetHandle { core, store })
     }
 
     /// Atomically reserves `worst_case` for one call, or refuses. Negative
     /// amounts count as zero. Agents the ledger does not know are metered as
-    /// unlimited.
+    /// unlimited. Never waits for another thread.
+    pub fn try_reserve(
+        &self,
+        agent: &AgentName,
+        worst_case: Micros,
+    ) -> Result<Reservation, Refusal> {
+        let amount = Micros(worst_case.0.max(0));
+        self.core.reserve(agent, amount)?;
+        Ok(Reservation {
+            agent: agent.clone(),
+            amount,
+            core: Some(self.core.clone()),
+        })
+    }
+
+    /// [`Self::try_reserve`], for async callers.
     pub async fn reserve(
         &self,
         agent: &AgentName,
         worst_case: Micros,
     ) -> Result<Reservation, Refusal> {
-        let msg = actor::Reserve {
-            agent: agent.clone(),
-            amount: Micros(worst_case.0.max(0)),
-        };
-        match self.addr.send(msg).await {
-            Ok(r) => r,
-            Err(_) => Err(Refusal::Unavailable),
-        }
+        self.try_reserve(agent, worst_case)
     }
 
     /// Settles a reservation with the real cost (booked even when it exceeds the
@@ -308,14 +313,9 @@ impl BudgetHandle {
         mut r: Reservation,
         record: CostRecord,
     ) -> impl Future<Output = Result<(), BudgetError>> + Send + 'static {
-        let rx = r.addr.take().map(|addr| {
+        let rx = r.core.take().map(|core| {
             let (tx, rx) = oneshot::channel();
-            addr.do_send(actor::Settle {
-                agent: r.agent.clone(),
-                reserved: r.amount,
-                record,
-                reply: tx,
-            });
+            core.settle(&r.agent, r.amount, record, Some(tx));
             rx
         });
         async move {
@@ -326,12 +326,20 @@ impl BudgetHandle {
         }
     }
 
+    /// [`Self::settle`] for a caller that does not wait for durability (the
+    /// gateway): booked now, committed with the next group; a failed commit
+    /// is logged by the writer and the cost stays held against the budget.
+    pub fn settle_detached(&self, mut r: Reservation, record: CostRecord) {
+        if let Some(core) = r.core.take() {
+            core.settle(&r.agent, r.amount, record, None);
+        } else {
+            tracing::error!(agent = %r.agent, "the budget ledger is closed; the cost of a call was not recorded");
+        }
+    }
+
     /// Budgets of every configured agent (sorted by name), or of one.
     pub async fn show(&self, agent: Option<AgentName>) -> Result<Vec<BudgetInfo>, BudgetError> {
-        self.addr
-            .send(actor::Show(agent))
-            .await
-            .map_err(|_| BudgetError::Unavailable)?
+        self.core.show(agent)
     }
 
     /// `ironctl budget set`: overrides the agent's limit (and period, if given)
@@ -343,12 +351,7 @@ impl BudgetHandle {
         period: Option<BudgetPeriod>,
     ) -> Result<BudgetInfo, BudgetError> {
         let (tx, rx) = oneshot::channel();
-        self.addr.do_send(actor::Set {
-            agent,
-            limit,
-            period,
-            reply: tx,
-        });
+        self.core.set(agent, limit, period, tx);
         rx.await.unwrap_or(Err(BudgetError::Unavailable))
     }
 
@@ -356,7 +359,7 @@ impl BudgetHandle {
     /// alerts (recorded as an event; the history stays). Resolves once durable.
     pub async fn reset(&self, agent: AgentName) -> Result<BudgetInfo, BudgetError> {
         let (tx, rx) = oneshot::channel();
-        self.addr.do_send(actor::Reset { agent, reply: tx });
+        self.core.reset(agent, tx);
         rx.await.unwrap_or(Err(BudgetError::Unavailable))
     }
 
@@ -376,40 +379,39 @@ impl BudgetHandle {
         agents: Vec<(AgentName, Option<BudgetSpec>)>,
         section: BudgetSection,
     ) {
-        let _ = self.addr.send(actor::ApplyConfig { agents, section }).await;
+        self.core.apply_config(agents, section);
     }
 
     /// `limit - spent - pending - reserved`, floored at zero; `None` when the
     /// agent has no budget. Zero when the ledger is not running (fail closed).
     pub async fn remaining(&self, agent: &AgentName) -> Option<Micros> {
-        self.addr
-            .send(actor::Remaining(agent.clone()))
-            .await
-            .unwrap_or(Some(Micros::ZERO))
+        self.core.remaining(agent)
     }
 
     /// Resolves once everything settled before this call is durable.
     pub async fn flush(&self) -> Result<(), BudgetError> {
         let (tx, rx) = oneshot::channel();
-        self.addr.do_send(actor::Flush { reply: tx });
+        self.core.flush(tx);
         rx.await.unwrap_or(Err(BudgetError::Unavailable))
     }
 
     /// Waits until every alert command started so far has finished (or was
     /// killed at its timeout).
     pub async fn flush_alerts(&self) {
-        self.shared.alerts.wait_idle().await;
+        self.core.inflight.wait_idle().await;
     }
 
     /// Shutdown: commits everything queued, stops the writer thread and waits
     /// for it. Afterwards reservations are refused and settles fail; the
     /// database stays open until the last handle is dropped.
     pub async fn close(&self) {
-        let _ = self.addr.send(actor::Close).await;
+        if let Some(exited) = self.core.close() {
+            let _ = exited.await;
+        }
     }
 
     /// Commits and events written so far.
     pub fn writer_stats(&self) -> WriterStats {
-        self.shared.stats()
+        self.core.stats()
     }
 }

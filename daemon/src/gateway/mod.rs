@@ -190,7 +190,8 @@ pub struct Gateway {
     pub keys: Arc<AgentKeys>,
     pub budget: BudgetHandle,
     pub breaker: BreakerHandle,
-    pub client: upstream::HttpsClient,
+    /// One upstream client per worker thread (see [`spawn_workers`]).
+    clients: Vec<upstream::HttpsClient>,
     snapshot: RwLock<Arc<Snapshot>>,
 }
 
@@ -208,16 +209,26 @@ impl Gateway {
         breaker: BreakerHandle,
     ) -> Result<Self, String> {
         let snapshot = Snapshot::build(config)?;
-        let client = upstream::client().map_err(|e| {
+        let connector = upstream::connector().map_err(|e| {
             format!("cannot load the system's CA certificates for HTTPS to providers: {e}")
         })?;
+        let clients = (0..worker_threads())
+            .map(|_| upstream::client(connector.clone()))
+            .collect();
         Ok(Gateway {
             keys,
             budget,
             breaker,
-            client,
+            clients,
             snapshot: RwLock::new(Arc::new(snapshot)),
         })
+    }
+
+    /// The upstream client of the calling worker thread (the first one on
+    /// any other thread).
+    pub fn client(&self) -> &upstream::HttpsClient {
+        let i = WORKER.with(std::cell::Cell::get);
+        &self.clients[i % self.clients.len()]
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -232,11 +243,75 @@ impl Gateway {
     }
 }
 
+thread_local! {
+    /// Index of the gateway worker running on this thread.
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// How many worker threads serve the gateway: one per core, at most 8.
+pub fn worker_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8))
+}
+
+/// Gateway worker threads, joined by [`Workers::join`].
+#[derive(Debug)]
+pub struct Workers(Vec<std::thread::JoinHandle<()>>);
+
+impl Workers {
+    /// Waits for every worker to exit (after `stop` flipped).
+    pub fn join(self) {
+        for h in self.0 {
+            if h.join().is_err() {
+                tracing::error!("a gateway worker thread panicked");
+            }
+        }
+    }
+}
+
+/// Serves the gateway on [`worker_threads`] threads, each running its own
+/// single-threaded tokio runtime with its own upstream connection pool, all
+/// accepting on (a duplicate of) `listener`. A call is handled start to
+/// finish on the thread that accepted its connection: agent socket, upstream
+/// socket, reservation, settle, with no hand-off to another thread (each
+/// hand-off is a futex wake-up and a context switch, which on a small host
+/// cost more than the call's own work).
+///
+/// Workers stop accepting and drop their remaining connections when `stop`
+/// flips (the daemon flips it once every agent has stopped).
+pub fn spawn_workers(
+    listener: std::net::TcpListener,
+    gw: Arc<Gateway>,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<Workers> {
+    let mut handles = Vec::new();
+    for i in 0..gw.clients.len() {
+        let listener = listener.try_clone()?;
+        let gw = gw.clone();
+        let stop = stop.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let h = std::thread::Builder::new()
+            .name(format!("ironcaged-gw{i}"))
+            .spawn(move || {
+                WORKER.with(|w| w.set(i));
+                rt.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(l) => serve(l, gw, stop).await,
+                        Err(e) => tracing::error!("gateway worker {i} cannot listen: {e}"),
+                    }
+                });
+            })?;
+        handles.push(h);
+    }
+    Ok(Workers(handles))
+}
+
 /// Serves HTTP/1.1 on `listener` until `shutdown` flips.
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
-            _ = shutdown.changed() => break,
+            _ = shutdown.wait_for(|s| *s) => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);

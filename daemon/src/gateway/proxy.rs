@@ -178,12 +178,7 @@ impl Call {
     /// Books the call now; durable shortly after (group commit), without
     /// holding up the response.
     fn settle(&self, r: Reservation, record: CostRecord) {
-        let durable = self.gw.budget.settle(r, record);
-        tokio::spawn(async move {
-            if let Err(e) = durable.await {
-                tracing::error!("cannot record the cost of a call: {e}");
-            }
-        });
+        self.gw.budget.settle_detached(r, record);
     }
 }
 
@@ -260,7 +255,7 @@ impl WorstCase {
 
 /// Reserves the worst case on one model: first with the cheap input bound,
 /// then, only if that does not fit, with an exact local count.
-async fn reserve(
+fn reserve(
     gw: &Gateway,
     agent: &AgentName,
     api: Api,
@@ -269,12 +264,12 @@ async fn reserve(
     price: Option<&ModelPrice>,
     w: &WorstCase,
 ) -> Result<Reservation, Refusal> {
-    match gw.budget.reserve(agent, w.cost(price, w.bound)).await {
+    match gw.budget.try_reserve(agent, w.cost(price, w.bound)) {
         Err(Refusal::Exhausted(first)) => {
             if let Some(upper) = w.bound {
                 let exact = tokens::count_request_input(api, model, request);
                 if exact < upper {
-                    return gw.budget.reserve(agent, w.cost(price, Some(exact))).await;
+                    return gw.budget.try_reserve(agent, w.cost(price, Some(exact)));
                 }
             }
             Err(Refusal::Exhausted(first))
@@ -501,9 +496,7 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> 
             &request,
             price.as_ref(),
             &worst,
-        )
-        .await
-        {
+        ) {
             Ok(r) => r,
             Err(Refusal::Exhausted(e)) if i == 0 => return refuse(family, &agent, &cand.model, &e),
             Err(Refusal::Exhausted(e)) => {
@@ -736,7 +729,7 @@ impl Attempts<'_> {
             retry: true,
             answer,
         };
-        let resp = match tokio::time::timeout(timeout, self.gw.client.request(up)).await {
+        let resp = match tokio::time::timeout(timeout, self.gw.client().request(up)).await {
             Err(_) => {
                 let why = format!(
                     "provider {} did not answer within {}s",
@@ -1073,7 +1066,7 @@ async fn unmetered(
         return errors::bad_gateway(family, "cannot build the upstream request");
     };
     tracing::info!(agent = %agent, path = %path_and_query, provider = %provider.name, "unmetered call");
-    match tokio::time::timeout(snap.upstream_timeout, gw.client.request(up)).await {
+    match tokio::time::timeout(snap.upstream_timeout, gw.client().request(up)).await {
         Ok(Ok(r)) => {
             let (p, b) = r.into_parts();
             let mut out = Response::from_parts(p, b.map_err(std::io::Error::other).boxed());

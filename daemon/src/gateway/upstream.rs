@@ -10,21 +10,30 @@ use std::time::Duration;
 
 pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// One pooled client for every provider (keep-alive per host).
-pub fn client() -> Result<HttpsClient, std::io::Error> {
+/// The HTTP(S) connector every client shares (the system's CA roots, loaded
+/// once).
+pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// Loads the system's CA certificates and builds the connector.
+pub fn connector() -> Result<Connector, std::io::Error> {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.enforce_http(false);
     http.set_connect_timeout(Some(Duration::from_secs(10)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_native_roots()?
         .https_or_http()
         .enable_http1()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
+        .wrap_connector(http))
+}
+
+/// A pooled client (keep-alive per host). Its connections are driven by tasks
+/// of the runtime that opened them, so each gateway worker has its own.
+pub fn client(connector: Connector) -> HttpsClient {
+    Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(512)
-        .build(https))
+        .build(connector)
 }
 
 /// Headers never forwarded in either direction: hop-by-hop ones, those we

@@ -224,7 +224,9 @@ pub(super) struct SpendDone {
     pub cost: Micros,
     pub booked_at_s: u64,
     pub generation: u64,
-    pub reply: oneshot::Sender<Result<(), BudgetError>>,
+    /// `None` for a settle nobody waits on (the gateway's); a failed commit
+    /// is logged by the writer either way.
+    pub reply: Option<oneshot::Sender<Result<(), BudgetError>>>,
 }
 
 /// One unit of work for the writer: an event to append and/or a row to put.
@@ -274,11 +276,13 @@ pub(super) fn spawn_writer(
                 let mut batch = vec![first];
                 // Linger briefly so that under load one fsync'd commit carries
                 // many settles (commits are the ledger's main CPU cost); the
-                // amounts stay reserved meanwhile, so budgets remain exact.
-                let deadline = std::time::Instant::now() + COMMIT_LINGER;
+                // amounts stay booked as pending meanwhile, so budgets remain
+                // exact. Sleeping rather than waiting on the queue means the
+                // settles sent meanwhile wake nobody: they cost the gateway a
+                // queue push and nothing else.
+                std::thread::sleep(COMMIT_LINGER);
                 while batch.len() < MAX_BATCH {
-                    let left = deadline.saturating_duration_since(std::time::Instant::now());
-                    match rx.recv_timeout(left) {
+                    match rx.try_recv() {
                         Ok(op) => batch.push(op),
                         Err(_) => break,
                     }

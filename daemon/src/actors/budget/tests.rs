@@ -1,4 +1,4 @@
-//! The ledger end to end: a real actix System, real redb files in temporary
+//! The ledger end to end: a real actix System (the daemon's runtime), real redb files in temporary
 //! directories, a [`ManualClock`]. No sleeps: every wait is on a future that
 //! resolves when the awaited thing happened (`settle` resolves once durable,
 //! `flush_alerts` once alert commands finished).
@@ -231,18 +231,8 @@ fn dropping_a_reservation_or_the_reserve_future_releases_it() {
         assert_eq!(h.remaining(&a).await, Some(usd("0.4")));
         drop(r);
         assert_eq!(h.remaining(&a).await, Some(usd("1")));
-        // The caller goes away while the reservation is being made.
-        {
-            let fut = h.reserve(&a, usd("0.7"));
-            tokio::pin!(fut);
-            tokio::select! {
-                biased;
-                _ = &mut fut => panic!("the actor cannot have answered yet"),
-                () = std::future::ready(()) => {}
-            }
-        }
-        // A flush round trip through the writer orders us after any release.
-        h.flush().await.unwrap();
+        // A reserve future dropped unpolled reserves nothing.
+        drop(h.reserve(&a, usd("0.7")));
         assert_eq!(h.remaining(&a).await, Some(usd("1")));
         // A settle is booked when called, even if its future is never polled.
         let r = h.reserve(&a, usd("0.5")).await.unwrap();
