@@ -272,6 +272,7 @@ pub(super) fn spawn_writer(
     std::thread::Builder::new()
         .name("ironcaged-ledger".into())
         .spawn(move || {
+            lower_priority();
             while let Ok(first) = rx.recv() {
                 let mut batch = vec![first];
                 // Linger briefly so that under load one fsync'd commit carries
@@ -313,6 +314,20 @@ pub(super) fn spawn_writer(
             let _ = exited.send(());
         })?;
     Ok(())
+}
+
+/// Commits are throughput work: under CPU contention the gateway's threads
+/// (latency work) should win, and a commit that starts a little later only
+/// makes the next batch larger. Best effort: nice +10 for this thread.
+fn lower_priority() {
+    // SAFETY: plain syscalls on the calling thread; no memory is shared.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
+    if r != 0 {
+        tracing::debug!(
+            "cannot lower the ledger writer's priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// Appends the batch's events and puts the last row of each agent; one
