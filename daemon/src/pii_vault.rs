@@ -223,6 +223,12 @@ pub fn record_reveal(uid: u32, token: &str, outcome: Result<&str, &str>) {
     }
 }
 
+/// `input` as it may appear in a log: the token when it is shaped like one,
+/// otherwise a placeholder (an operator may paste anything, even a value).
+pub fn token_for_log(input: &str) -> String {
+    normalize_token(input).unwrap_or_else(|_| "(not a token)".to_owned())
+}
+
 fn aad(token: &str, kind: &str) -> Vec<u8> {
     let mut a = Vec::with_capacity(token.len() + kind.len() + 1);
     a.extend_from_slice(token.as_bytes());
