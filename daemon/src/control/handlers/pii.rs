@@ -25,7 +25,7 @@ pub async fn reveal(d: &Daemon, r: PiiRevealRequest, uid: Option<u32>) -> Respon
         }
         Ok(Err(e)) => {
             let code = match e {
-                VaultError::BadToken { .. } => ErrorCode::Invalid,
+                VaultError::BadToken => ErrorCode::Invalid,
                 VaultError::NotFound { .. } => ErrorCode::NotFound,
                 _ => ErrorCode::Internal,
             };
