@@ -154,8 +154,10 @@ def test_scanning_that_cannot_complete_blocks_the_call(cage, mock):
     plan = [
         {"kind": "chat", "messages": user(f"f1 write to {EMAIL}")},
         {"kind": "chat", "messages": user("f2 nothing personal here")},
+        {"kind": "legacy", "prompt": "f3 an unmetered path"},
     ]
-    steps = run(cage, "f", plan, {"prompt": {"email": "redact"}, "style": "token"})
+    steps = run(cage, "f", plan, {"prompt": {"email": "redact"}, "style": "token"},
+                extra="allow_unmetered_paths = true")
     s = steps[0]
     assert (s["ok"], s["status"], s["code"]) == (False, 400, "pii_scan_failed"), s
     assert "pii-vault.key" in s["message"] and EMAIL not in s["message"], s
@@ -163,6 +165,10 @@ def test_scanning_that_cannot_complete_blocks_the_call(cage, mock):
     # A prompt with nothing to redact needs no token and goes through.
     assert steps[1]["ok"], steps[1]
     assert len(recorded(mock, "f2 ")) == 1
+    # A body on a path whose text fields the policy does not know is blocked too.
+    s = steps[2]
+    assert (s["ok"], s["status"], s["code"]) == (False, 400, "pii_scan_failed"), s
+    assert recorded(mock, "f3 ") == []
 
 
 def run_as(cage, uid, *args):

@@ -1199,6 +1199,20 @@ async fn unmetered(
         Ok(r) => r,
         Err(resp) => return resp,
     };
+    // A body on a path whose text fields the PII policy does not know cannot be
+    // checked: fail closed. (Bodiless calls such as GET /v1/models pass; their
+    // answers are not scanned.)
+    if !bytes.is_empty() && snap.pii_for(&agent).active(Direction::Prompt) {
+        tracing::warn!(agent = %agent, path = %path_and_query, "unmetered call blocked: its body cannot be checked by the PII policy");
+        return errors::bad_request(
+            family,
+            "pii_scan_failed",
+            &format!(
+                "{} is not an API whose request the PII policy (prompt) can check, so the call was blocked; use a metered API, or set prompt = {{}} under this agent's [agent.pii]",
+                parts.uri.path()
+            ),
+        );
+    }
     let mut up = Request::builder()
         .method(parts.method.clone())
         .uri(upstream_url(&provider.base_url, family, &path_and_query));

@@ -41,6 +41,16 @@ def chat(client, step):
         return err(e)
 
 
+def legacy(client, step):
+    """The legacy completions API: not one the gateway meters (an unmetered path)."""
+    try:
+        r = client.completions.create(model=step.get("model", "gpt-3.5-turbo-instruct"),
+                                      prompt=step["prompt"], max_tokens=5)
+        return {"ok": True, "text": r.choices[0].text}
+    except (openai.APIStatusError, openai.APIError) as e:
+        return err(e)
+
+
 def responses(client, step):
     kw = dict(model=step.get("model", "gpt-4o-mini"), input=step["input"],
               max_output_tokens=step.get("max_tokens", 10), extra_headers=step.get("headers", {}))
@@ -86,6 +96,8 @@ def main():
         kind = step["kind"]
         if kind == "chat":
             r = chat(oa, step)
+        elif kind == "legacy":
+            r = legacy(oa, step)
         elif kind == "responses":
             r = responses(oa, step)
         elif kind == "messages":
