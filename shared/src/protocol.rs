@@ -669,6 +669,27 @@ mod tests {
     }
 
     #[test]
+    fn pii_reveal_is_admin_only_and_never_debug_prints_the_value() {
+        let r = Request::PiiReveal(PiiRevealRequest {
+            token: "tok_0123456789abcdef01234567".into(),
+        });
+        assert!(r.is_mutation(), "admin only");
+        assert_eq!(r.name(), "pii reveal");
+        let v = Response::PiiRevealed(PiiRevealed {
+            token: "tok_0123456789abcdef01234567".into(),
+            kind: "email".into(),
+            value: "jane@example.com".into(),
+        });
+        let printed = format!("{v:?}");
+        assert!(
+            !printed.contains("jane") && printed.contains("[REDACTED]"),
+            "{printed}"
+        );
+        let bytes = postcard::to_stdvec(&v).unwrap();
+        assert_eq!(postcard::from_bytes::<Response>(&bytes).unwrap(), v);
+    }
+
+    #[test]
     fn invalid_agent_name_on_the_wire_is_rejected() {
         // A hostile client bypassing AgentName::new still cannot smuggle a path.
         #[derive(Serialize)]

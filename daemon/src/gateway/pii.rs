@@ -13,7 +13,7 @@
 //!
 //! Actions: `block` answers an error in the provider's shape naming the kinds
 //! found (never values): 400 `pii_blocked` for a prompt, 422
-//! `pii_blocked_output` for an answer; `redact` rewrites the field (label, mask
+//! `pii_blocked_output` for an answer (4xx: the SDKs do not retry them); `redact` rewrites the field (label, mask
 //! or reversible token, the tokens stored before the text is released); `log`
 //! records kinds and spans (field number, byte range), never values.
 //!
@@ -28,6 +28,7 @@
 //! Fail closed: a body that cannot be parsed where a policy applies, a token
 //! that cannot be stored, or any redaction error blocks the call.
 
+use super::Body;
 use super::errors;
 use super::routes::Api;
 use super::sse::SseEvent;
@@ -104,10 +105,12 @@ impl Refused {
                     ),
                 )
             }
+            // 4xx, not 5xx: the SDKs retry 5xx, and a retry would pay for the
+            // call again only to fail the same way.
             Refused::Failed(why) => (
                 match direction {
                     Direction::Prompt => StatusCode::BAD_REQUEST,
-                    _ => StatusCode::BAD_GATEWAY,
+                    _ => StatusCode::UNPROCESSABLE_ENTITY,
                 },
                 "pii_scan_failed",
                 format!(
@@ -117,8 +120,6 @@ impl Refused {
         }
     }
 }
-
-use super::Body;
 
 /// `email, openai_key` (deduplicated, in order).
 fn kind_list(kinds: &[Kind]) -> String {
@@ -498,7 +499,7 @@ pub struct StreamFilter {
     channels: HashMap<Channel, ChannelState>,
     /// Order channels were opened (flushing in a stable order).
     order: Vec<Channel>,
-    /// The last chat chunk's head (id, created, model...), for a chunk that
+    /// The first chat chunk's head (id, created, model...), for a chunk that
     /// carries held-back text at the end of the stream.
     chat_head: Option<Map<String, Value>>,
     tally: Tally,
@@ -752,7 +753,9 @@ impl StreamFilter {
         v: &mut Value,
         mut minter: Option<&mut Minter>,
     ) -> Result<(Vec<Bytes>, bool), Refused> {
-        if let Some(o) = v.as_object() {
+        if self.chat_head.is_none()
+            && let Some(o) = v.as_object()
+        {
             let mut head = Map::new();
             for (k, x) in o {
                 if k != "choices" && k != "usage" {
@@ -1208,7 +1211,7 @@ mod tests {
             .await
             .unwrap_err();
         let (status, code, _) = e.parts(Direction::Output);
-        assert_eq!((status.as_u16(), code), (502, "pii_scan_failed"));
+        assert_eq!((status.as_u16(), code), (422, "pii_scan_failed"));
         let ok = br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"w1 w2"}}]}"#;
         assert!(
             filter_answer(&p, None, &agent(), Api::ChatCompletions, ok)
