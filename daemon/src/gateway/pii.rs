@@ -1434,6 +1434,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn anthropic_tool_input_json_is_redacted_across_deltas() {
+        let p = pii("", "email=redact");
+        let mut f = StreamFilter::new(
+            p,
+            None,
+            agent(),
+            Api::AnthropicMessages,
+            ProviderKind::Anthropic,
+        );
+        let delta = |t: &str| {
+            let v = json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": t}});
+            SseEvent::parse(format!("event: content_block_delta\ndata: {v}\n\n"))
+        };
+        let stop = SseEvent::parse(
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\n",
+        );
+        let out = run(
+            &mut f,
+            vec![delta("{\"to\": \"jane.d"), delta("oe@example.com\"}"), stop],
+        )
+        .await
+        .unwrap();
+        let evs = parse_all(&out);
+        let json_text: String = evs
+            .iter()
+            .filter(|e| e.event() == Some("content_block_delta"))
+            .filter_map(|e| {
+                let v: Value = serde_json::from_str(e.data()).ok()?;
+                assert_eq!(v["delta"]["type"], "input_json_delta");
+                v["delta"]["partial_json"].as_str().map(str::to_owned)
+            })
+            .collect();
+        assert_eq!(
+            serde_json::from_str::<Value>(&json_text).unwrap(),
+            json!({"to": "[EMAIL]"})
+        );
+    }
+
+    #[tokio::test]
     async fn responses_stream_redacts_deltas_and_done_events() {
         let p = pii("", "email=redact");
         let mut f = StreamFilter::new(p, None, agent(), Api::Responses, ProviderKind::OpenAi);
