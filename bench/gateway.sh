@@ -7,14 +7,24 @@
 # budget reservation and settlement (the agent has a budget), JSON parse,
 # upstream with the real key injected, usage extraction and pricing.
 #
+# It runs once per PII mode (PII_MODES, default "off default redact"), so the
+# cost of the PII policy on the request path shows as the difference:
+#   off      [pii] prompt = {}: no scan at all
+#   default  the built-in policy (secrets block): every 4 KiB prompt scanned,
+#            nothing to rewrite (the prompts hold emails, phones, IPs, no keys)
+#   redact   emails and phones redacted, everything else logged: every prompt
+#            scanned, rewritten and re-encoded
+#
 #   bench/gateway.sh                  # 2,000 req/s for 10 s, 4 KiB prompts
 #   RATE=5000 DURATION=20 bench/gateway.sh
+#   PII_MODES=redact bench/gateway.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE=${RATE:-2000}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 PROMPT_BYTES=${PROMPT_BYTES:-4096}
+PII_MODES=${PII_MODES:-off default redact}
 
 cargo build --release --locked -q -p ironcaged -p ironctl -p ironcage-mock-provider -p ironcage-bench
 BIN="$PWD/target/release"
@@ -35,10 +45,23 @@ MOCK_PID=$!
 for _ in $(seq 1 300); do [ -s "$RUN/mock.addr" ] && break; sleep 0.1; done
 MOCK=$(cat "$RUN/mock.addr")
 
-cat > "$RUN/ironcaged.toml" <<TOML
+run_mode() {
+    local mode=$1 pii_global="" pii_agent=""
+    case "$mode" in
+        off) pii_global='[pii]
+prompt = {}' ;;
+        default) ;;
+        redact) pii_agent='[agent.pii]
+prompt = { email = "redact", phone = "redact", secrets = "block", default = "log" }' ;;
+        *) echo "unknown PII mode $mode (off, default, redact)"; exit 2 ;;
+    esac
+    rm -rf "$RUN/state" "$RUN/report.txt"
+    cat > "$RUN/ironcaged.toml" <<TOML
 [daemon]
 socket = "$RUN/ironcaged.sock"
 state_dir = "$RUN/state"
+
+$pii_global
 
 [[provider]]
 name = "openai"
@@ -53,18 +76,28 @@ budget_usd = 100000.0
 budget_period = "day"
 # \$PPID is ironcaged itself: its CPU per request is reported.
 command = ["sh", "-c", "exec $BIN/gateway-bench --target \"\$OPENAI_BASE_URL\" --api-key \"\$OPENAI_API_KEY\" --direct $MOCK --direct-api-key sk-bench-real --rate $RATE --duration-secs $DURATION --warmup-secs $WARMUP --connections 32 --prompt-bytes $PROMPT_BYTES --model gpt-4o-mini --target-pid \$PPID --direct-pid $MOCK_PID > $RUN/report.txt 2>&1"]
+
+$pii_agent
 TOML
 
-BENCH_OPENAI_KEY=sk-bench-real RUST_LOG=warn "$DAEMON" --config "$RUN/ironcaged.toml" 2>"$RUN/ironcaged.log" &
-DAEMON_PID=$!
-export IRONCAGE_SOCKET="$RUN/ironcaged.sock"
-for _ in $(seq 1 300); do "$BIN/ironctl" daemon ping >/dev/null 2>&1 && break; sleep 0.1; done
-echo "running: ${RATE} req/s for ${DURATION}s per phase (direct, gateway, direct), ${PROMPT_BYTES}-byte prompts..."
-for _ in $(seq 1 $(( (3 * (DURATION + WARMUP) + 60) * 10 ))); do
-    state=$("$BIN/ironctl" --json agents status bench | sed -n 's/.*"state": "\([a-z_]*\)".*/\1/p')
-    [ "$state" = exited ] && break
-    sleep 0.1
+    BENCH_OPENAI_KEY=sk-bench-real RUST_LOG=warn "$DAEMON" --config "$RUN/ironcaged.toml" 2>"$RUN/ironcaged.log" &
+    DAEMON_PID=$!
+    export IRONCAGE_SOCKET="$RUN/ironcaged.sock"
+    for _ in $(seq 1 300); do "$BIN/ironctl" daemon ping >/dev/null 2>&1 && break; sleep 0.1; done
+    echo "=== PII mode: $mode ==="
+    echo "running: ${RATE} req/s for ${DURATION}s per phase (direct, gateway, direct), ${PROMPT_BYTES}-byte prompts..."
+    for _ in $(seq 1 $(( (3 * (DURATION + WARMUP) + 60) * 10 ))); do
+        state=$("$BIN/ironctl" --json agents status bench | sed -n 's/.*"state": "\([a-z_]*\)".*/\1/p')
+        [ "$state" = exited ] && break
+        sleep 0.1
+    done
+    cat "$RUN/report.txt"
+    echo
+    "$BIN/ironctl" budget show bench
+    kill "$DAEMON_PID"; wait "$DAEMON_PID" 2>/dev/null || true; DAEMON_PID=""
+    echo
+}
+
+for mode in $PII_MODES; do
+    run_mode "$mode"
 done
-cat "$RUN/report.txt"
-echo
-"$BIN/ironctl" budget show bench

@@ -38,7 +38,7 @@ trap cleanup EXIT
 
 say "starting the mock provider (stands in for OpenAI and Anthropic)"
 "$BIN/ironcage-mock-provider" --listen 127.0.0.1:0 --addr-file "$RUN/mock.addr" \
-    --openai-key sk-demo-real-openai --anthropic-key sk-ant-demo-real >/dev/null &
+    --openai-key sk-demo-real-openai --anthropic-key sk-ant-demo-real --record >/dev/null &
 MOCK_PID=$!
 for _ in $(seq 1 300); do [ -s "$RUN/mock.addr" ] && break; sleep 0.1; done
 MOCK=$(cat "$RUN/mock.addr")
@@ -102,6 +102,19 @@ say "the summarizer keeps working: the gateway falls back to gpt-4o-mini"
 say "ironctl agents kill heartbeat (restart=always, but an operator kill is a stop)"
 "$CTL" agents kill heartbeat
 "$CTL" agents list
+
+say "PII: crm-bot pasted a customer's email and phone into its prompt; what the provider received:"
+for _ in $(seq 1 300); do
+    "$CTL" agents logs crm-bot -n 5 | grep -q "draft ready" && break
+    sleep 0.1
+done
+"$VENV/bin/python" - "$MOCK" <<'PY'
+import json, sys, urllib.request
+reqs = json.load(urllib.request.urlopen(sys.argv[1] + "/_mock/requests", timeout=10))
+sent = [r for r in reqs if "refund for order" in json.dumps(r["body"])]
+print("agent wrote:        Draft a reply to Dana Whitfield (dana.whitfield@example.com, +1 415-555-2671) about the refund for order 88123.")
+print("provider received: ", sent[-1]["body"]["messages"][0]["content"] if sent else "(no call recorded yet)")
+PY
 
 say "ironctl pii scan: finds personal data and keys in a file (values masked), no daemon needed"
 "$CTL" pii scan examples/customer-note.txt || true

@@ -257,7 +257,7 @@ fn run(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
             CircuitsCommand::List => circuits::list(ctx),
             CircuitsCommand::Reset { circuit } => circuits::reset(ctx, circuit),
         },
-        Command::Pii(c) => commands::pii::run(ctx.json, c),
+        Command::Pii(c) => commands::pii::run(ctx, c),
     }
 }
 

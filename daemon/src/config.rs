@@ -15,6 +15,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod pii;
+pub use pii::{PiiSpec, PiiStyle, default_policies};
+
 pub const DEFAULT_SOCKET: &str = "/run/ironcage/ironcaged.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/ironcage";
 pub const DEFAULT_CONFIG: &str = "/etc/ironcage/ironcaged.toml";
@@ -154,6 +157,8 @@ pub struct AgentSpec {
     /// open or its call fails before any byte reached the agent (same API
     /// family only; see `gateway::proxy`).
     pub fallback: Vec<ModelRef>,
+    /// PII policy: the daemon-wide `[pii]` with this agent's `[agent.pii]` applied.
+    pub pii: PiiSpec,
 }
 
 /// `provider/model`: one model of one configured provider.
@@ -286,6 +291,8 @@ pub struct Config {
     pub breaker: BreakerSettings,
     pub providers: Vec<ProviderSpec>,
     pub agents: Vec<AgentSpec>,
+    /// `[pii]`: the daemon-wide PII settings every agent starts from.
+    pub pii: PiiSpec,
 }
 
 mod raw {
@@ -310,6 +317,7 @@ mod raw {
         pub provider: Vec<Provider>,
         #[serde(default)]
         pub agent: Vec<Agent>,
+        pub pii: Option<super::pii::raw::Pii>,
     }
 
     #[derive(Deserialize, Default)]
@@ -423,6 +431,7 @@ mod raw {
         pub providers: Vec<String>,
         #[serde(default)]
         pub fallback: Vec<Spanned<String>>,
+        pub pii: Option<super::pii::raw::Pii>,
     }
 }
 
@@ -730,6 +739,8 @@ impl Config {
             });
         }
 
+        let pii = pii::apply(&cx, "pii", raw.pii, &PiiSpec::default())?;
+
         let mut agents: Vec<AgentSpec> = Vec::new();
         for a in raw.agent {
             let name_span = a.name.span();
@@ -839,6 +850,7 @@ impl Config {
             let backoff_initial = Duration::from_millis(a.backoff_initial_ms.unwrap_or(500).max(1));
             let backoff_max =
                 Duration::from_secs(a.backoff_max_secs.unwrap_or(60)).max(backoff_initial);
+            let agent_pii = pii::apply(&cx, &format!("agent[{}].pii", agents.len()), a.pii, &pii)?;
             agents.push(AgentSpec {
                 name,
                 command,
@@ -859,6 +871,7 @@ impl Config {
                 budget,
                 providers: a.providers,
                 fallback,
+                pii: agent_pii,
             });
         }
 
@@ -871,6 +884,7 @@ impl Config {
             breaker,
             providers,
             agents,
+            pii,
         })
     }
 

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod gateway;
 pub mod logs;
 pub mod notify;
+pub mod pii_vault;
 pub mod registry;
 pub mod secret;
 pub mod store;

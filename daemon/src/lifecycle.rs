@@ -250,6 +250,7 @@ pub fn run(opts: RunOptions, shutdown: Shutdown) -> anyhow::Result<()> {
                 }
             });
         });
+        let pii_vault = Arc::new(crate::pii_vault::PiiVault::open(store.clone(), &paths.state_dir)?);
         let budget = BudgetHandle::start(
             store,
             budget_agents(&config),
@@ -258,7 +259,7 @@ pub fn run(opts: RunOptions, shutdown: Shutdown) -> anyhow::Result<()> {
             on_exhausted_stop,
         )?;
         let breaker = BreakerHandle::start(BreakerConfig::from_config(&config), Arc::new(SystemClock));
-        let gateway = Arc::new(Gateway::new(&config, keys, budget.clone(), breaker.clone()).map_err(anyhow::Error::msg)?);
+        let gateway = Arc::new(Gateway::new(&config, keys, budget.clone(), breaker.clone()).map_err(anyhow::Error::msg)?.with_vault(pii_vault));
         let agents = config.agents.clone();
         let daemon = Arc::new(Daemon::new(paths, config, supervisor.clone(), budget.clone(), breaker, gateway.clone(), Some(gateway_addr)));
         let listener = tokio::net::UnixListener::from_std(std_listener)?;

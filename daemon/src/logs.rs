@@ -6,6 +6,15 @@
 //! [`RING_LINES`] lines and [`RING_BYTES`] bytes, and the file rotates at its cap.
 //! Followers (`ironctl agents logs -f`) wait on a `Notify` and read by sequence
 //! number, so an agent nobody follows costs no channel buffer.
+//!
+//! Every line an agent prints passes through its `logs` PII policy
+//! ([`AgentLogs::set_pii`]) before it reaches the ring, the file or `tracing`:
+//! `redact` rewrites it (label or mask; the token style falls back to labels
+//! here, so agent output never mints tokens), `block` replaces the whole line
+//! with a notice naming the kinds, `log` keeps it and records the kinds. If the
+//! policy cannot be applied the line is withheld (fail closed). Lines are cut at
+//! [`MAX_LINE`] before scanning, so an entity straddling such a cut is scanned
+//! as two pieces.
 
 use ironcage_shared::AgentName;
 use ironcage_shared::protocol::{LogLine, Stream};
@@ -13,7 +22,7 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::Notify;
 
@@ -98,6 +107,87 @@ pub struct AgentLogs {
     ring: Mutex<Ring>,
     file: Mutex<RotatingFile>,
     notify: Notify,
+    /// The agent's `logs` PII policy (`None`: lines pass unchanged).
+    pii: RwLock<Option<Arc<LogPolicy>>>,
+}
+
+/// The `logs` direction of an agent's PII settings, ready to apply.
+#[derive(Debug)]
+pub struct LogPolicy {
+    scanner: Option<Arc<ironcage_shared::pii::Scanner>>,
+    policy: ironcage_shared::pii::Policy,
+    mask: bool,
+}
+
+impl LogPolicy {
+    /// From an agent's PII settings; `None` when its logs policy allows all.
+    pub fn from_spec(spec: &crate::config::PiiSpec) -> Option<LogPolicy> {
+        let policy = spec.policies.logs.clone();
+        if policy.strictest_possible() == ironcage_shared::pii::Action::Allow {
+            return None;
+        }
+        let scanner = match spec.build_scanner() {
+            Ok(s) => Some(Arc::new(s)),
+            Err(e) => {
+                tracing::error!(
+                    "PII scanner for agent logs cannot be built ({e}); lines will be withheld"
+                );
+                None
+            }
+        };
+        Some(LogPolicy {
+            scanner,
+            policy,
+            mask: spec.style == crate::config::PiiStyle::Mask,
+        })
+    }
+
+    /// The line to store, or a notice replacing it.
+    pub fn apply(&self, agent: &AgentName, line: String) -> String {
+        use ironcage_shared::pii::{Action, RedactStyle};
+        let Some(scanner) = &self.scanner else {
+            return "[ironcaged] line withheld: the PII policy (logs) could not be applied"
+                .to_owned();
+        };
+        let findings = scanner.scan(&line);
+        if findings.is_empty() {
+            return line;
+        }
+        let style = if self.mask {
+            RedactStyle::Mask
+        } else {
+            RedactStyle::Label
+        };
+        let outcome = match self.policy.apply(&line, &findings, style) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(agent = %agent, "PII policy (logs) failed on a line: {e}");
+                return "[ironcaged] line withheld: the PII policy (logs) could not be applied"
+                    .to_owned();
+            }
+        };
+        let kinds = |want: fn(Action) -> bool| {
+            let mut names: Vec<&str> = Vec::new();
+            for c in outcome.counts.iter().filter(|c| want(c.action)) {
+                if !names.contains(&c.kind.name()) {
+                    names.push(c.kind.name());
+                }
+            }
+            names.join(", ")
+        };
+        let noted = kinds(|a| a >= Action::Log);
+        if !noted.is_empty() {
+            tracing::info!(target: "pii", agent = %agent, direction = "logs", action = %outcome.action, kinds = %noted, "PII found in agent output");
+        }
+        match outcome.action {
+            Action::Block => format!(
+                "[ironcaged] line withheld by the PII policy (logs): it contained {}",
+                kinds(|a| a == Action::Block)
+            ),
+            Action::Redact => outcome.text.unwrap_or_default(),
+            Action::Allow | Action::Log => line,
+        }
+    }
 }
 
 impl AgentLogs {
@@ -112,7 +202,14 @@ impl AgentLogs {
                 size: 0,
             }),
             notify: Notify::new(),
+            pii: RwLock::new(None),
         })
+    }
+
+    /// Sets the `logs` PII policy applied to every captured line from now on.
+    pub fn set_pii(&self, spec: &crate::config::PiiSpec) {
+        let p = LogPolicy::from_spec(spec).map(Arc::new);
+        *self.pii.write().unwrap_or_else(|e| e.into_inner()) = p;
     }
 
     /// Records one line: ring, file, tracing; wakes followers.
@@ -198,6 +295,11 @@ impl AgentLogs {
         }
         let line = String::from_utf8_lossy(pending).into_owned();
         pending.clear();
+        let policy = self.pii.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let line = match policy {
+            Some(p) => p.apply(&self.agent, line),
+            None => line,
+        };
         self.push(stream, line);
     }
 }
@@ -243,6 +345,36 @@ mod tests {
         let got = waiter.await.unwrap();
         assert_eq!(got[0].line, "hello");
         assert_eq!(got[0].stream, Stream::Stderr);
+    }
+
+    #[tokio::test]
+    async fn lines_pass_the_logs_policy_before_they_are_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = AgentLogs::new(AgentName::new("a").unwrap(), dir.path());
+        let mut spec = crate::config::PiiSpec::default();
+        spec.policies.logs =
+            ironcage_shared::pii::Policy::parse("email=redact, secrets=block").unwrap();
+        logs.set_pii(&spec);
+        let key = "AKIAZ7Q4RT2WX9YB3N5K";
+        let input = format!("mail jane.doe@example.com\nkey {key} here\nplain 127.0.0.1 line\n");
+        logs.clone().capture(input.as_bytes(), Stream::Stdout).await;
+        let (lines, _) = logs.tail(10);
+        let texts: Vec<&str> = lines.iter().map(|l| l.line.as_str()).collect();
+        assert_eq!(texts[0], "mail [EMAIL]");
+        assert_eq!(
+            texts[1],
+            "[ironcaged] line withheld by the PII policy (logs): it contained aws_access_key"
+        );
+        assert_eq!(texts[2], "plain 127.0.0.1 line");
+        let file = std::fs::read_to_string(dir.path().join("a.log")).unwrap();
+        assert!(!file.contains("jane") && !file.contains(key), "{file}");
+        // Allow-all: no policy, lines unchanged.
+        spec.policies.logs = ironcage_shared::pii::Policy::allow_all();
+        logs.set_pii(&spec);
+        logs.clone()
+            .capture(&b"mail jane@example.com\n"[..], Stream::Stdout)
+            .await;
+        assert_eq!(logs.tail(1).0[0].line, "mail jane@example.com");
     }
 
     #[test]

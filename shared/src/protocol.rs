@@ -45,6 +45,9 @@ pub enum Request {
     CircuitsList,
     /// Close one circuit now, whatever its state (admin).
     CircuitReset(CircuitRef),
+    /// The original behind a reversible PII token (admin; every reveal is
+    /// recorded).
+    PiiReveal(PiiRevealRequest),
 }
 
 /// The daemon's answer.
@@ -63,6 +66,8 @@ pub enum Response {
     Budgets(Vec<BudgetInfo>),
     Costs(CostsReport),
     Circuits(Vec<CircuitInfo>),
+    /// Answer to `PiiReveal`.
+    PiiRevealed(PiiRevealed),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -467,6 +472,37 @@ impl CostRow {
     }
 }
 
+/// `ironctl pii reveal TOKEN`: `tok_…` or the whole `[KIND:tok_…]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PiiRevealRequest {
+    pub token: String,
+}
+
+/// A revealed PII value. `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PiiRevealed {
+    pub token: String,
+    /// The kind it was found as (`email`, `card`, a custom pattern name...).
+    pub kind: String,
+    pub value: String,
+}
+
+impl std::fmt::Debug for PiiRevealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PiiRevealed")
+            .field("token", &self.token)
+            .field("kind", &self.kind)
+            .field("value", &"[REDACTED]")
+            .finish()
+    }
+}
+
+impl From<PiiRevealRequest> for Request {
+    fn from(r: PiiRevealRequest) -> Self {
+        Request::PiiReveal(r)
+    }
+}
+
 impl From<HelloRequest> for Request {
     fn from(v: HelloRequest) -> Self {
         Request::Hello(v)
@@ -530,6 +566,8 @@ impl Request {
                 | Request::BudgetSet(_)
                 | Request::BudgetReset(_)
                 | Request::CircuitReset(_)
+                // Not a mutation, but it discloses what policies hid: admin only.
+                | Request::PiiReveal(_)
         )
     }
 
@@ -553,6 +591,7 @@ impl Request {
             Request::Costs(_) => "costs",
             Request::CircuitsList => "circuits list",
             Request::CircuitReset(_) => "circuits reset",
+            Request::PiiReveal(_) => "pii reveal",
         }
     }
 }
@@ -627,6 +666,27 @@ mod tests {
         }
         assert!(Request::CircuitReset(r).is_mutation());
         assert!(!Request::CircuitsList.is_mutation());
+    }
+
+    #[test]
+    fn pii_reveal_is_admin_only_and_never_debug_prints_the_value() {
+        let r = Request::PiiReveal(PiiRevealRequest {
+            token: "tok_0123456789abcdef01234567".into(),
+        });
+        assert!(r.is_mutation(), "admin only");
+        assert_eq!(r.name(), "pii reveal");
+        let v = Response::PiiRevealed(PiiRevealed {
+            token: "tok_0123456789abcdef01234567".into(),
+            kind: "email".into(),
+            value: "jane@example.com".into(),
+        });
+        let printed = format!("{v:?}");
+        assert!(
+            !printed.contains("jane") && printed.contains("[REDACTED]"),
+            "{printed}"
+        );
+        let bytes = postcard::to_stdvec(&v).unwrap();
+        assert_eq!(postcard::from_bytes::<Response>(&bytes).unwrap(), v);
     }
 
     #[test]

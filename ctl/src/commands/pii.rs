@@ -19,6 +19,12 @@ pub enum PiiCommand {
     /// Scan a file or standard input for personal data and secrets (values shown
     /// masked). Exit status: 0 clean, 1 found, 2 usage error or unreadable input.
     Scan(ScanArgs),
+    /// Print the original behind a reversible PII token (admin only; every
+    /// reveal is recorded by the daemon).
+    Reveal {
+        /// The token: `tok_…` or the whole `[EMAIL:tok_…]`.
+        token: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -105,10 +111,40 @@ struct Report<'a> {
 }
 
 /// `pii ...`.
-pub fn run(json: bool, command: PiiCommand) -> anyhow::Result<()> {
+pub fn run(ctx: &super::Ctx, command: PiiCommand) -> anyhow::Result<()> {
     match command {
-        PiiCommand::Scan(args) => scan(json, args),
+        PiiCommand::Scan(args) => scan(ctx.json, args),
+        PiiCommand::Reveal { token } => reveal(ctx, token),
     }
+}
+
+/// `pii reveal TOKEN`: the value on its own line (or `--json`: token, kind,
+/// value).
+fn reveal(ctx: &super::Ctx, token: String) -> anyhow::Result<()> {
+    use crate::client::ClientError;
+    use ironcage_shared::protocol::{PiiRevealRequest, Request, Response};
+    let req = Request::PiiReveal(PiiRevealRequest { token });
+    let r = match ctx.call(&req)? {
+        Response::PiiRevealed(r) => r,
+        other => return Err(ClientError::unexpected(&req, &other).into()),
+    };
+    let text = if ctx.json {
+        #[derive(Serialize)]
+        struct Json<'a> {
+            token: &'a str,
+            kind: &'a str,
+            value: &'a str,
+        }
+        output::json_pretty(&Json {
+            token: &r.token,
+            kind: &r.kind,
+            value: &r.value,
+        })?
+    } else {
+        format!("{}\n", r.value)
+    };
+    output::emit(&text)?;
+    Ok(())
 }
 
 fn scan(json: bool, args: ScanArgs) -> anyhow::Result<()> {

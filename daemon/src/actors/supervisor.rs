@@ -106,6 +106,7 @@ impl Handler<Apply> for Supervisor {
                         summary.changed.push(spec.name.clone());
                     }
                     s.spec = spec.clone();
+                    s.logs.set_pii(&spec.pii);
                     let addr = s.addr.clone();
                     pending.push(Box::pin(async move {
                         let _ = addr.send(UpdateSpec { spec, restart }).await;
@@ -114,6 +115,7 @@ impl Handler<Apply> for Supervisor {
                 None => {
                     summary.added.push(spec.name.clone());
                     let logs = AgentLogs::new(spec.name.clone(), &self.log_dir);
+                    logs.set_pii(&spec.pii);
                     let autostart = spec.autostart;
                     let addr = AgentActor::new(
                         spec.clone(),

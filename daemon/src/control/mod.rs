@@ -181,7 +181,11 @@ async fn connection(
             continue;
         }
         tracing::debug!(uid = peer.uid, request = req.name(), "control request");
-        let resp = handlers::handle(&daemon, req).await;
+        let resp = match req {
+            // The reveal is recorded with who asked.
+            Request::PiiReveal(r) => handlers::pii::reveal(&daemon, r, Some(peer.uid)).await,
+            req => handlers::handle(&daemon, req).await,
+        };
         send(&mut stream, &resp).await?;
     }
     Ok(())

@@ -14,6 +14,7 @@
 //! - [`usage`], [`sse`], [`tokens`]: reading usage, parsing streams, counting.
 
 pub mod errors;
+pub mod pii;
 pub mod proxy;
 pub mod routes;
 pub mod sse;
@@ -63,6 +64,8 @@ pub struct AgentPolicy {
     pub providers: Vec<String>,
     /// Models to fall back to, in order (see [`proxy`]).
     pub fallback: Vec<ModelRef>,
+    /// PII scanner and policies (see [`pii`]).
+    pub pii: Arc<pii::AgentPii>,
 }
 
 /// An immutable view of the configuration, swapped whole on reload so a call
@@ -75,9 +78,18 @@ pub struct Snapshot {
     pub allow_unmetered: bool,
     pub default_max_tokens: u64,
     pub upstream_timeout: Duration,
+    /// The daemon-wide `[pii]` settings, for a key whose agent left the config.
+    pub default_pii: Arc<pii::AgentPii>,
 }
 
 impl Snapshot {
+    /// The PII settings of `agent`.
+    pub fn pii_for(&self, agent: &AgentName) -> Arc<pii::AgentPii> {
+        self.agents
+            .get(agent)
+            .map_or_else(|| self.default_pii.clone(), |a| a.pii.clone())
+    }
+
     /// Builds a snapshot from `config`, reading provider keys from the daemon's
     /// environment and the price file, if any. Errors say what to fix.
     pub fn build(config: &Config) -> Result<Snapshot, String> {
@@ -117,20 +129,43 @@ impl Snapshot {
                 .map_err(|e| format!("{}: [gateway.prices]: {e}", config.path.display()))?;
             prices.merge_overrides(t);
         }
-        let agents = config
-            .agents
-            .iter()
-            .map(|a| {
-                (
-                    a.name.clone(),
-                    AgentPolicy {
-                        budget: a.budget,
-                        providers: a.providers.clone(),
-                        fallback: a.fallback.clone(),
-                    },
-                )
-            })
-            .collect();
+        // Scanners are built once per distinct scanner config and shared.
+        let mut scanners: Vec<(
+            ironcage_shared::pii::ScannerConfig,
+            Arc<ironcage_shared::pii::Scanner>,
+        )> = Vec::new();
+        let mut agent_pii =
+            |spec: &crate::config::PiiSpec, who: &str| -> Result<Arc<pii::AgentPii>, String> {
+                let scanner = match scanners.iter().find(|(c, _)| *c == spec.scanner) {
+                    Some((_, s)) => s.clone(),
+                    None => {
+                        let s = Arc::new(
+                            spec.build_scanner()
+                                .map_err(|e| format!("{who}: PII scanner: {e}"))?,
+                        );
+                        scanners.push((spec.scanner.clone(), s.clone()));
+                        s
+                    }
+                };
+                Ok(Arc::new(pii::AgentPii {
+                    scanner,
+                    policies: spec.policies.clone(),
+                    style: spec.style,
+                }))
+            };
+        let default_pii = agent_pii(&config.pii, "[pii]")?;
+        let mut agents = HashMap::new();
+        for a in &config.agents {
+            agents.insert(
+                a.name.clone(),
+                AgentPolicy {
+                    budget: a.budget,
+                    providers: a.providers.clone(),
+                    fallback: a.fallback.clone(),
+                    pii: agent_pii(&a.pii, &format!("agent {}", a.name))?,
+                },
+            );
+        }
         Ok(Snapshot {
             providers,
             prices,
@@ -138,6 +173,7 @@ impl Snapshot {
             allow_unmetered: config.gateway.allow_unmetered_paths,
             default_max_tokens: config.gateway.default_max_tokens,
             upstream_timeout: config.gateway.upstream_timeout,
+            default_pii,
         })
     }
 
@@ -193,6 +229,8 @@ pub struct Gateway {
     /// One upstream client per worker thread (see [`spawn_workers`]).
     clients: Vec<upstream::HttpsClient>,
     snapshot: RwLock<Arc<Snapshot>>,
+    /// Where reversible PII tokens are kept (`None`: token style fails closed).
+    pub vault: Option<Arc<crate::pii_vault::PiiVault>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -221,6 +259,7 @@ impl Gateway {
             breaker,
             clients,
             snapshot: RwLock::new(Arc::new(snapshot)),
+            vault: None,
         })
     }
 
@@ -229,6 +268,12 @@ impl Gateway {
     pub fn client(&self) -> &upstream::HttpsClient {
         let i = WORKER.with(std::cell::Cell::get);
         &self.clients[i % self.clients.len()]
+    }
+
+    /// The store for reversible PII tokens.
+    pub fn with_vault(mut self, vault: Arc<crate::pii_vault::PiiVault>) -> Self {
+        self.vault = Some(vault);
+        self
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {

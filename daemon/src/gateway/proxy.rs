@@ -30,6 +30,7 @@
 //! why it was passed over, with `Retry-After` at the earliest next probe.
 
 use super::errors;
+use super::pii::{self as pii_filter, AgentPii, StreamFilter};
 use super::routes::{Api, family_from_headers, upstream_url};
 use super::sse::{SseEvent, SseParser};
 use super::usage::{self, EventKind, StreamUsage};
@@ -43,6 +44,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use ironcage_shared::AgentName;
 use ironcage_shared::money::Micros;
+use ironcage_shared::pii::Direction;
 use ironcage_shared::pricing::{ModelPrice, Usage};
 use rand::Rng;
 use serde_json::Value;
@@ -352,6 +354,8 @@ struct Attempts<'a> {
     parts: &'a http::request::Parts,
     path_and_query: &'a str,
     strip_usage_chunk: bool,
+    /// The agent's PII settings (output policy applied to answers).
+    pii: &'a Arc<AgentPii>,
 }
 
 pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> {
@@ -408,6 +412,32 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> 
     };
     let budget_spec = snap.agents.get(&agent).and_then(|p| p.budget);
 
+    // The prompt policy, before anything is reserved or forwarded.
+    let pii = snap.pii_for(&agent);
+    let mut pii_rewritten = false;
+    if pii.active(Direction::Prompt) {
+        match pii_filter::apply_body(
+            &pii,
+            gw.vault.as_ref(),
+            &agent,
+            Direction::Prompt,
+            &mut request,
+            |b, f| pii_filter::walk_request(api, b, f),
+        )
+        .await
+        {
+            Ok(r) => pii_rewritten = r,
+            Err(refused) => return refused.response(family, Direction::Prompt),
+        }
+    }
+    // A redacted body can be longer than the one received (tokens): bound the
+    // input by what is actually sent.
+    let sent_len = if pii_rewritten {
+        serde_json::to_vec(&request).map_or(bytes.len(), |v| v.len().max(bytes.len()))
+    } else {
+        bytes.len()
+    };
+
     // Worst case: a cheap local bound on the input tokens (for plain text the
     // byte length: a token is at least one byte), plus the output ceiling.
     // Exact counting happens only when that bound does not fit the budget.
@@ -415,7 +445,7 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> 
         max_out: requested_max_output(api, &request),
         cap: budget_spec.and_then(|b| b.max_cost_per_call),
         default_max_tokens: snap.default_max_tokens,
-        bound: match tokens::upper_bound_request_input(api, &request, bytes.len()) {
+        bound: match tokens::upper_bound_request_input(api, &request, sent_len) {
             tokens::InputBound::Bounded(n) => Some(n),
             tokens::InputBound::Unbounded(_) => None,
         },
@@ -425,7 +455,7 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> 
         api != Api::Embeddings && request.get("stream").and_then(Value::as_bool) == Some(true);
     // OpenAI streams carry usage only when asked; ask, and hide that extra chunk
     // from an agent that did not.
-    let mut rewritten = false;
+    let mut rewritten = pii_rewritten;
     let mut strip_usage_chunk = false;
     if streaming && api == Api::ChatCompletions {
         let asked = request
@@ -455,6 +485,7 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> 
         parts: &parts,
         path_and_query: &path_and_query,
         strip_usage_chunk,
+        pii: &pii,
     };
     let mut notes: Vec<Note> = Vec::with_capacity(cands.len());
     let mut last_answer: Option<Response<Body>> = None;
@@ -825,8 +856,18 @@ impl Attempts<'_> {
                 Ok(held) => {
                     ticket.finish(Outcome::Success).await;
                     let call = self.call(cand, price, request);
+                    let filter = self.pii.active(Direction::Output).then(|| {
+                        StreamFilter::new(
+                            self.pii.clone(),
+                            self.gw.vault.clone(),
+                            self.agent.clone(),
+                            self.api,
+                            family,
+                        )
+                    });
                     Attempt::Answer(relay_stream(
                         call,
+                        filter,
                         reservation,
                         rparts,
                         rbody,
@@ -874,8 +915,34 @@ impl Attempts<'_> {
         let record = call.record(usage, answered.as_deref());
         let cost = record.cost;
         call.settle(reservation, record);
+        let mut body_rewritten = false;
+        let body = if self.pii.active(Direction::Output) {
+            match pii_filter::filter_answer(
+                self.pii,
+                self.gw.vault.as_ref(),
+                self.agent,
+                self.api,
+                &body,
+            )
+            .await
+            {
+                Ok(None) => body,
+                Ok(Some(new)) => {
+                    body_rewritten = true;
+                    new
+                }
+                Err(refused) => {
+                    let mut out = refused.response(family, Direction::Output);
+                    annotate(&mut out, &call.model, cost, fallback_from.as_deref());
+                    return Attempt::Answer(out);
+                }
+            }
+        } else {
+            body
+        };
         let mut out = Response::from_parts(rparts, full(body));
-        *out.headers_mut() = super::upstream::forward_response_headers(out.headers(), false);
+        *out.headers_mut() =
+            super::upstream::forward_response_headers(out.headers(), body_rewritten);
         annotate(&mut out, &call.model, cost, fallback_from.as_deref());
         Attempt::Answer(out)
     }
@@ -920,6 +987,7 @@ fn annotate(resp: &mut Response<Body>, model: &str, cost: Micros, fallback_from:
 #[allow(clippy::too_many_arguments)]
 fn relay_stream(
     call: Call,
+    mut filter: Option<StreamFilter>,
     reservation: Reservation,
     rparts: http::response::Parts,
     mut rbody: Incoming,
@@ -934,24 +1002,36 @@ fn relay_stream(
     tokio::spawn(async move {
         let mut agent_gone = false;
         let mut upstream_error = None;
+        let mut blocked = false;
         for (ev, kind) in held {
             if kind.is_usage_only() && strip_usage_chunk {
                 continue;
             }
-            if tx.send(Ok(ev.into_raw())).await.is_err() {
-                agent_gone = true;
+            match send_event(&tx, filter.as_mut(), ev).await {
+                Sent::Ok => {}
+                Sent::AgentGone => agent_gone = true,
+                Sent::Blocked => blocked = true,
+            }
+            if agent_gone || blocked {
                 break;
             }
         }
-        'outer: while !agent_gone {
+        'outer: while !agent_gone && !blocked {
             while let Some(ev) = parser.next_event() {
                 let usage_only = acc.on_event(&ev).is_usage_only();
                 if usage_only && strip_usage_chunk {
                     continue;
                 }
-                if tx.send(Ok(ev.into_raw())).await.is_err() {
-                    agent_gone = true;
-                    break 'outer;
+                match send_event(&tx, filter.as_mut(), ev).await {
+                    Sent::Ok => {}
+                    Sent::AgentGone => {
+                        agent_gone = true;
+                        break 'outer;
+                    }
+                    Sent::Blocked => {
+                        blocked = true;
+                        break 'outer;
+                    }
                 }
             }
             match rbody.frame().await {
@@ -971,10 +1051,33 @@ fn relay_stream(
                 }
             }
         }
-        if !agent_gone && let Some(ev) = parser.finish() {
+        if !agent_gone
+            && !blocked
+            && let Some(ev) = parser.finish()
+        {
             let usage_only = acc.on_event(&ev).is_usage_only();
-            if !(usage_only && strip_usage_chunk) {
-                let _ = tx.send(Ok(ev.into_raw())).await;
+            if !(usage_only && strip_usage_chunk)
+                && let Sent::Blocked = send_event(&tx, filter.as_mut(), ev).await
+            {
+                blocked = true;
+            }
+        }
+        // What the PII filter still holds back (a stream cut short, or one
+        // without end-of-channel events).
+        if !agent_gone
+            && !blocked
+            && let Some(f) = filter.as_mut()
+        {
+            match f.finish().await {
+                Ok(evs) => {
+                    for ev in evs {
+                        let _ = tx.send(Ok(ev)).await;
+                    }
+                }
+                Err(error_event) => {
+                    let _ = tx.send(Ok(error_event)).await;
+                    blocked = true;
+                }
             }
         }
         if let Some(e) = &upstream_error {
@@ -985,7 +1088,7 @@ fn relay_stream(
                 ))))
                 .await;
         }
-        let complete = !agent_gone && upstream_error.is_none();
+        let complete = !agent_gone && !blocked && upstream_error.is_none();
         let answered = acc.model().map(str::to_owned);
         let usage = match acc.usage() {
             Some(u) if complete => u,
@@ -1005,6 +1108,42 @@ fn relay_stream(
         out.headers_mut().insert("x-iron-cage-fallback-from", v);
     }
     out
+}
+
+/// What [`send_event`] did.
+enum Sent {
+    Ok,
+    AgentGone,
+    /// The PII filter ended the stream (its error event was sent).
+    Blocked,
+}
+
+/// Sends one event to the agent, through the PII filter when there is one.
+async fn send_event(
+    tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
+    filter: Option<&mut StreamFilter>,
+    ev: SseEvent,
+) -> Sent {
+    let Some(f) = filter else {
+        return match tx.send(Ok(ev.into_raw())).await {
+            Ok(()) => Sent::Ok,
+            Err(_) => Sent::AgentGone,
+        };
+    };
+    match f.on_event(ev).await {
+        Ok(evs) => {
+            for e in evs {
+                if tx.send(Ok(e)).await.is_err() {
+                    return Sent::AgentGone;
+                }
+            }
+            Sent::Ok
+        }
+        Err(error_event) => {
+            let _ = tx.send(Ok(error_event)).await;
+            Sent::Blocked
+        }
+    }
 }
 
 /// Splits an agent's request into its path and query, its head, and its body
@@ -1053,6 +1192,20 @@ async fn unmetered(
         Ok(r) => r,
         Err(resp) => return resp,
     };
+    // A body on a path whose text fields the PII policy does not know cannot be
+    // checked: fail closed. (Bodiless calls such as GET /v1/models pass; their
+    // answers are not scanned.)
+    if !bytes.is_empty() && snap.pii_for(&agent).active(Direction::Prompt) {
+        tracing::warn!(agent = %agent, path = %path_and_query, "unmetered call blocked: its body cannot be checked by the PII policy");
+        return errors::bad_request(
+            family,
+            "pii_scan_failed",
+            &format!(
+                "{} is not an API whose request the PII policy (prompt) can check, so the call was blocked; use a metered API, or set prompt = {{}} under this agent's [agent.pii]",
+                parts.uri.path()
+            ),
+        );
+    }
     let mut up = Request::builder()
         .method(parts.method.clone())
         .uri(upstream_url(&provider.base_url, family, &path_and_query));

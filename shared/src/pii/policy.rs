@@ -216,6 +216,25 @@ impl Policy {
         own.or(group).or(self.default).unwrap_or(Action::Allow)
     }
 
+    /// The strictest action any finding can get under this policy: `Allow` means
+    /// a scan cannot change anything (callers skip it), `Log` means text passes
+    /// unchanged (streams need not be held back).
+    pub fn strictest_possible(&self) -> Action {
+        [
+            self.default,
+            self.personal,
+            self.secrets,
+            self.ip,
+            self.custom_group,
+        ]
+        .into_iter()
+        .chain(self.builtin)
+        .flatten()
+        .chain(self.custom.iter().map(|(_, a)| *a))
+        .max()
+        .unwrap_or(Action::Allow)
+    }
+
     /// The strictest action over `findings` (`Allow` when there are none).
     pub fn strictest(&self, findings: &[Finding]) -> Action {
         findings
@@ -436,6 +455,29 @@ mod tests {
         assert_eq!(p.action_for(&Kind::Ipv4), Action::Allow);
         assert_eq!(p.action_for(&Kind::Custom("emp".into())), Action::Block);
         assert_eq!(Policy::default().action_for(&Kind::Card), Action::Allow);
+    }
+
+    #[test]
+    fn strictest_possible() {
+        assert_eq!(Policy::allow_all().strictest_possible(), Action::Allow);
+        assert_eq!(
+            Policy::parse("email=log, ip=allow")
+                .unwrap()
+                .strictest_possible(),
+            Action::Log
+        );
+        assert_eq!(
+            Policy::parse("default=log, emp=block")
+                .unwrap()
+                .strictest_possible(),
+            Action::Block
+        );
+        assert_eq!(
+            Policy::parse("secrets=redact")
+                .unwrap()
+                .strictest_possible(),
+            Action::Redact
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::body::MockBody;
 use crate::reply::{Call, Provider, sse_event};
 use crate::summary::Summary;
-use crate::usage::{Usage, delta_word, output_text};
+use crate::usage::Usage;
 
 #[derive(Serialize)]
 struct AnthropicUsage {
@@ -121,7 +121,7 @@ pub(crate) fn messages(call: &Call, request: &Summary) -> Response<MockBody> {
     let usage = call.usage(input_words(request), request.output_tokens());
     let id = format!("msg_mock{:016x}", call.seq);
     if !request.stream {
-        let text = output_text(usage.completion);
+        let text = call.text(usage.completion);
         let message = Message {
             id: &id,
             kind: "message",
@@ -164,8 +164,7 @@ pub(crate) fn messages(call: &Call, request: &Summary) -> Response<MockBody> {
             },
         },
     ));
-    for n in 1..=usage.completion {
-        let word = delta_word(n);
+    for word in call.pieces(usage.completion) {
         events.push(sse_event(
             "content_block_delta",
             &BlockDelta {

@@ -86,6 +86,8 @@ struct HeaderFaults {
     drop_after: Option<usize>,
     no_usage: bool,
     usage: UsageOverride,
+    reply: Option<String>,
+    reply_chunk: Option<usize>,
 }
 
 fn number<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, String> {
@@ -124,6 +126,8 @@ impl HeaderFaults {
                     faults.no_usage = matches!(value.trim(), "1" | "true" | "yes");
                 }
                 "usage" => faults.usage = UsageOverride::parse(value)?,
+                "reply" => faults.reply = Some(value.to_owned()),
+                "reply-chunk" => faults.reply_chunk = Some(number(name, value)?),
                 // Unknown x-mock-* headers are ignored, like any other header.
                 _ => {}
             }
@@ -322,6 +326,8 @@ pub(crate) async fn handle(
         no_usage: faults.no_usage,
         chunk_delay: faults.chunk_delay,
         drop_after,
+        reply: faults.reply,
+        reply_chunk: faults.reply_chunk.unwrap_or(5),
     };
     if endpoint == Endpoint::Models {
         return Ok(match provider {

@@ -13,9 +13,7 @@ use serde_json::{Map, Value, json};
 use crate::body::MockBody;
 use crate::reply::{Call, Provider, sse_data, sse_event};
 use crate::summary::Summary;
-use crate::usage::{
-    Usage, content_words, delta_word, embedding_input_tokens, output_text, output_tokens,
-};
+use crate::usage::{Usage, content_words, embedding_input_tokens, output_tokens};
 
 const FINGERPRINT: &str = "fp_mock";
 
@@ -187,7 +185,7 @@ pub(crate) fn chat_completions(call: &Call, request: &Summary) -> Response<MockB
     let usage = call.usage(request.message_words, request.output_tokens());
     let id = format!("chatcmpl-mock{:016x}", call.seq);
     if !request.stream {
-        let text = output_text(usage.completion);
+        let text = call.text(usage.completion);
         let response = ChatCompletion {
             id: &id,
             object: "chat.completion",
@@ -228,8 +226,7 @@ pub(crate) fn chat_completions(call: &Call, request: &Summary) -> Response<MockB
         logprobs: None,
         finish_reason: None,
     }])));
-    for n in 1..=usage.completion {
-        let word = delta_word(n);
+    for word in call.pieces(usage.completion) {
         events.push(sse_data(&chunk.with([ChunkChoice {
             index: 0,
             delta: ContentDelta { content: &word },
@@ -269,7 +266,7 @@ pub(crate) fn responses(call: &Call, body: &Value) -> Response<MockBody> {
     let usage = call.usage(prompt, output_tokens(body));
     let id = format!("resp_mock{:016x}", call.seq);
     let item_id = format!("msg_mock{:016x}", call.seq);
-    let text = output_text(usage.completion);
+    let text = call.text(usage.completion);
     let part = json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []});
     let item = |status: &str, content: Value| json!({"id": item_id, "type": "message", "status": status, "role": "assistant", "content": content});
     let echo = |key: &str, default: Value| body.get(key).cloned().unwrap_or(default);
@@ -352,10 +349,10 @@ pub(crate) fn responses(call: &Call, body: &Value) -> Response<MockBody> {
             json!({"part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}}),
         ),
     ));
-    for n in 1..=usage.completion {
+    for word in call.pieces(usage.completion) {
         events.push(event(
             "response.output_text.delta",
-            location(json!({"delta": delta_word(n), "logprobs": []})),
+            location(json!({"delta": word, "logprobs": []})),
         ));
     }
     events.push(event(

@@ -32,9 +32,41 @@ pub(crate) struct Call {
     /// From `x-mock-drop-after` (never 0: that is handled before the call) or a
     /// per-model `drop_after` fault (0 there: headers, then the abort).
     pub(crate) drop_after: Option<usize>,
+    /// From `x-mock-reply`: the output text instead of `w1 w2 ...`.
+    pub(crate) reply: Option<String>,
+    /// From `x-mock-reply-chunk`: bytes per streamed piece of `reply` (default 5).
+    pub(crate) reply_chunk: usize,
 }
 
 impl Call {
+    /// The whole output text for `n` output tokens.
+    pub(crate) fn text(&self, n: u64) -> String {
+        match &self.reply {
+            Some(r) => r.clone(),
+            None => crate::usage::output_text(n),
+        }
+    }
+
+    /// The streamed pieces of [`Call::text`]: one word each, or `reply` cut
+    /// every `reply_chunk` bytes (on character boundaries).
+    pub(crate) fn pieces(&self, n: u64) -> Vec<String> {
+        let Some(r) = &self.reply else {
+            return (1..=n).map(crate::usage::delta_word).collect();
+        };
+        let step = self.reply_chunk.max(1);
+        let mut out = Vec::new();
+        let mut start = 0;
+        while start < r.len() {
+            let mut end = (start + step).min(r.len());
+            while !r.is_char_boundary(end) {
+                end += 1;
+            }
+            out.push(r[start..end].to_owned());
+            start = end;
+        }
+        out
+    }
+
     pub(crate) fn usage(&self, prompt: u64, completion: u64) -> Usage {
         self.usage.apply(prompt, completion)
     }

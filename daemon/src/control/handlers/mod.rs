@@ -4,6 +4,7 @@ pub mod agents;
 pub mod budget;
 pub mod circuits;
 pub mod daemon;
+pub mod pii;
 
 use crate::daemon::Daemon;
 use ironcage_shared::protocol::{ErrorCode, Request, Response};
@@ -27,5 +28,7 @@ pub async fn handle(d: &Daemon, req: Request) -> Response {
         Request::Costs(r) => budget::costs(d, r).await,
         Request::CircuitsList => circuits::list(d).await,
         Request::CircuitReset(r) => circuits::reset(d, r).await,
+        // Answered with the caller's uid by the connection loop (see `pii::reveal`).
+        Request::PiiReveal(r) => pii::reveal(d, r, None).await,
     }
 }

@@ -1,0 +1,1534 @@
+//! The PII policy at the gateway: requests are scanned before they are
+//! forwarded, answers before they reach the agent.
+//!
+//! Only text fields are scanned, walked in place in the already-parsed body
+//! (no copy when nothing is found):
+//!
+//! | API | request | answer |
+//! |---|---|---|
+//! | Chat Completions | `messages[].content` (string or parts' `text`), `tool_calls[].function.arguments`, `function_call.arguments` | `choices[].message.content`, `.refusal`, `.tool_calls[].function.arguments` |
+//! | Responses | `instructions`, `input` (string, items' `content` / parts' `text`, `arguments`, `output`) | `output[]` the same way |
+//! | Anthropic Messages | `system`, `messages[].content` (string, `text` blocks, `tool_use.input` (every string), `tool_result.content`) | `content[]` the same way |
+//! | Embeddings | `input` (string or strings) | - |
+//!
+//! Actions: `block` answers an error in the provider's shape naming the kinds
+//! found (never values): 400 `pii_blocked` for a prompt, 422
+//! `pii_blocked_output` for an answer (4xx: the SDKs do not retry them); `redact` rewrites the field (label, mask
+//! or reversible token, the tokens stored before the text is released); `log`
+//! records kinds and spans (field number, byte range), never values.
+//!
+//! Streams ([`StreamFilter`]): each text channel (a choice's content, one tool
+//! call's arguments, one content block) has its own
+//! [`StreamScanner`](ironcage_shared::pii::StreamScanner), so an entity split
+//! across events is still caught: each delta event is re-serialized carrying
+//! only what is safe to release, and what is held back goes out in an event of
+//! the same shape when its channel ends. A blocked kind ends the stream with an
+//! error event the SDKs raise.
+//!
+//! Fail closed: a body that cannot be parsed where a policy applies, a token
+//! that cannot be stored, or any redaction error blocks the call.
+
+use super::Body;
+use super::errors;
+use super::routes::Api;
+use super::sse::SseEvent;
+use crate::config::{PiiStyle, ProviderKind};
+use crate::pii_vault::{Minter, PiiVault};
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use ironcage_shared::AgentName;
+use ironcage_shared::pii::{
+    Action, Direction, Finding, Kind, PiiPolicies, Policy, RedactStyle, Scanner, StreamScanner,
+};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+/// One agent's PII settings, ready to use (scanner built).
+#[derive(Debug)]
+pub struct AgentPii {
+    pub scanner: Arc<Scanner>,
+    pub policies: PiiPolicies,
+    pub style: PiiStyle,
+}
+
+impl AgentPii {
+    /// Whether `direction` needs a scan at all.
+    pub fn active(&self, direction: Direction) -> bool {
+        self.policies.get(direction).strictest_possible() > Action::Allow
+    }
+}
+
+/// Why a text was refused; carries kinds and the reason, never values.
+#[derive(Debug)]
+pub enum Refused {
+    /// The policy blocks these kinds.
+    Blocked(Vec<Kind>),
+    /// Scanning or redacting failed (fail closed).
+    Failed(String),
+}
+
+impl Refused {
+    /// The answer for the agent, in `family`'s error shape.
+    pub fn response(&self, family: ProviderKind, direction: Direction) -> Response<Body> {
+        let (status, code, msg) = self.parts(direction);
+        errors::error(family, status, "invalid_request_error", code, &msg)
+    }
+
+    fn parts(&self, direction: Direction) -> (StatusCode, &'static str, String) {
+        let what = match direction {
+            Direction::Prompt => "the request",
+            Direction::Output => "the provider's answer",
+            Direction::Logs => "the log line",
+        };
+        match self {
+            Refused::Blocked(kinds) => {
+                let (status, code, hint) = match direction {
+                    Direction::Output => (
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "pii_blocked_output",
+                        "the answer was withheld by this agent's PII policy (output)",
+                    ),
+                    _ => (
+                        StatusCode::BAD_REQUEST,
+                        "pii_blocked",
+                        "remove them, or change this agent's PII policy (prompt) in the daemon config",
+                    ),
+                };
+                (
+                    status,
+                    code,
+                    format!(
+                        "Iron Cage gateway: {what} contains {} ({hint}); the call was blocked",
+                        kind_list(kinds)
+                    ),
+                )
+            }
+            // 4xx, not 5xx: the SDKs retry 5xx, and a retry would pay for the
+            // call again only to fail the same way.
+            Refused::Failed(why) => (
+                match direction {
+                    Direction::Prompt => StatusCode::BAD_REQUEST,
+                    _ => StatusCode::UNPROCESSABLE_ENTITY,
+                },
+                "pii_scan_failed",
+                format!(
+                    "Iron Cage gateway: {what} could not be checked against this agent's PII policy ({why}); the call was blocked"
+                ),
+            ),
+        }
+    }
+}
+
+/// `email, openai_key` (deduplicated, in order).
+fn kind_list(kinds: &[Kind]) -> String {
+    let mut out = String::new();
+    for (i, k) in kinds.iter().enumerate() {
+        if kinds[..i].contains(k) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push_str(k.name());
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Walkers: every text field of a body, in place.
+// ---------------------------------------------------------------------------
+
+type Visit<'a> = dyn FnMut(&mut String) + 'a;
+
+fn text(v: Option<&mut Value>, f: &mut Visit<'_>) {
+    if let Some(Value::String(s)) = v {
+        f(s);
+    }
+}
+
+/// Every string anywhere under `v` (tool inputs given as JSON objects).
+fn all_strings(v: &mut Value, f: &mut Visit<'_>) {
+    match v {
+        Value::String(s) => f(s),
+        Value::Array(a) => a.iter_mut().for_each(|x| all_strings(x, f)),
+        Value::Object(o) => o.values_mut().for_each(|x| all_strings(x, f)),
+        _ => {}
+    }
+}
+
+/// A string, or an array of parts/blocks whose `text` is scanned (and, for
+/// Anthropic blocks, `tool_use.input` and `tool_result.content`).
+fn content(v: Option<&mut Value>, f: &mut Visit<'_>) {
+    match v {
+        Some(Value::String(s)) => f(s),
+        Some(Value::Array(parts)) => {
+            for p in parts {
+                block(p, f);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn block(p: &mut Value, f: &mut Visit<'_>) {
+    let Some(o) = p.as_object_mut() else {
+        if let Value::String(s) = p {
+            f(s);
+        }
+        return;
+    };
+    text(o.get_mut("text"), f);
+    match o.get("type").and_then(Value::as_str) {
+        Some("tool_use") => {
+            if let Some(i) = o.get_mut("input") {
+                all_strings(i, f);
+            }
+        }
+        Some("tool_result") => content(o.get_mut("content"), f),
+        _ => {}
+    }
+}
+
+fn tool_calls(v: Option<&mut Value>, f: &mut Visit<'_>) {
+    if let Some(Value::Array(calls)) = v {
+        for c in calls {
+            text(c.pointer_mut("/function/arguments"), f);
+        }
+    }
+}
+
+/// A Responses API item (input or output).
+fn responses_item(item: &mut Value, f: &mut Visit<'_>) {
+    match item {
+        Value::String(s) => f(s),
+        Value::Object(o) => {
+            content(o.get_mut("content"), f);
+            text(o.get_mut("arguments"), f);
+            match o.get_mut("output") {
+                Some(Value::String(s)) => f(s),
+                Some(Value::Array(parts)) => parts.iter_mut().for_each(|p| block(p, f)),
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Visits every text field of a request body.
+pub fn walk_request(api: Api, body: &mut Value, f: &mut Visit<'_>) {
+    let Some(o) = body.as_object_mut() else {
+        return;
+    };
+    match api {
+        Api::ChatCompletions => {
+            if let Some(Value::Array(msgs)) = o.get_mut("messages") {
+                for m in msgs {
+                    content(m.get_mut("content"), f);
+                    tool_calls(m.get_mut("tool_calls"), f);
+                    text(m.pointer_mut("/function_call/arguments"), f);
+                }
+            }
+        }
+        Api::Responses => {
+            text(o.get_mut("instructions"), f);
+            match o.get_mut("input") {
+                Some(Value::String(s)) => f(s),
+                Some(Value::Array(items)) => items.iter_mut().for_each(|i| responses_item(i, f)),
+                _ => {}
+            }
+        }
+        Api::AnthropicMessages => {
+            content(o.get_mut("system"), f);
+            if let Some(Value::Array(msgs)) = o.get_mut("messages") {
+                for m in msgs {
+                    content(m.get_mut("content"), f);
+                }
+            }
+        }
+        Api::Embeddings => match o.get_mut("input") {
+            Some(Value::String(s)) => f(s),
+            Some(Value::Array(a)) => a.iter_mut().for_each(|x| text(Some(x), f)),
+            _ => {}
+        },
+    }
+}
+
+/// Visits every text field of a (non-streamed) answer.
+pub fn walk_response(api: Api, body: &mut Value, f: &mut Visit<'_>) {
+    let Some(o) = body.as_object_mut() else {
+        return;
+    };
+    match api {
+        Api::ChatCompletions => {
+            if let Some(Value::Array(choices)) = o.get_mut("choices") {
+                for c in choices {
+                    if let Some(m) = c.get_mut("message") {
+                        text(m.get_mut("content"), f);
+                        text(m.get_mut("refusal"), f);
+                        tool_calls(m.get_mut("tool_calls"), f);
+                        text(m.pointer_mut("/function_call/arguments"), f);
+                    }
+                }
+            }
+        }
+        Api::Responses => {
+            if let Some(Value::Array(items)) = o.get_mut("output") {
+                items.iter_mut().for_each(|i| responses_item(i, f));
+            }
+            text(o.get_mut("output_text"), f);
+        }
+        Api::AnthropicMessages => content(o.get_mut("content"), f),
+        Api::Embeddings => {}
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Whole bodies.
+// ---------------------------------------------------------------------------
+
+/// What a scan of a body found: the strictest action and, for the log, each
+/// finding's field number, kind, action and span.
+#[derive(Default)]
+struct Tally {
+    strictest: Option<Action>,
+    blocked: Vec<Kind>,
+    notes: String,
+    noted: usize,
+}
+
+/// At most this many findings are itemised in one log event.
+const MAX_NOTED: usize = 32;
+
+impl Tally {
+    fn add(&mut self, field: usize, f: &Finding, action: Action) {
+        self.strictest = self.strictest.max(Some(action));
+        if action == Action::Block && !self.blocked.contains(&f.kind) {
+            self.blocked.push(f.kind.clone());
+        }
+        if action >= Action::Log {
+            self.noted += 1;
+            if self.noted <= MAX_NOTED {
+                if !self.notes.is_empty() {
+                    self.notes.push_str(", ");
+                }
+                let _ = write!(
+                    self.notes,
+                    "{}:{} field {field} bytes {}..{}",
+                    f.kind.name(),
+                    action,
+                    f.start,
+                    f.end
+                );
+            }
+        }
+    }
+
+    fn log(&self, agent: &AgentName, direction: Direction) {
+        if self.noted == 0 {
+            return;
+        }
+        let more = self.noted.saturating_sub(MAX_NOTED);
+        tracing::info!(
+            target: "pii",
+            agent = %agent,
+            direction = ?direction,
+            findings = self.noted,
+            "PII found: {}{}",
+            self.notes,
+            if more > 0 { format!(" (+{more} more)") } else { String::new() }
+        );
+    }
+}
+
+/// Scans `body`'s text fields (walked by `walk`) and applies the agent's
+/// `direction` policy in place. Returns whether the body was rewritten.
+pub async fn apply_body(
+    pii: &AgentPii,
+    vault: Option<&Arc<PiiVault>>,
+    agent: &AgentName,
+    direction: Direction,
+    body: &mut Value,
+    walk: impl Fn(&mut Value, &mut Visit<'_>),
+) -> Result<bool, Refused> {
+    let policy = pii.policies.get(direction);
+    let mut tally = Tally::default();
+    let mut found = Vec::new();
+    let mut field = 0usize;
+    walk(body, &mut |s: &mut String| {
+        field += 1;
+        pii.scanner.scan_into(s, &mut found);
+        for f in &found {
+            tally.add(field, f, policy.action_for(&f.kind));
+        }
+    });
+    tally.log(agent, direction);
+    match tally.strictest {
+        None | Some(Action::Allow | Action::Log) => return Ok(false),
+        Some(Action::Block) => {
+            tracing::warn!(target: "pii", agent = %agent, direction = ?direction, kinds = %kind_list(&tally.blocked), "call blocked by the PII policy");
+            return Err(Refused::Blocked(tally.blocked));
+        }
+        Some(Action::Redact) => {}
+    }
+    let mut minter = minter_for(pii.style, vault)?;
+    let mut error = None;
+    walk(body, &mut |s: &mut String| {
+        if error.is_some() {
+            return;
+        }
+        pii.scanner.scan_into(s, &mut found);
+        if found.is_empty() {
+            return;
+        }
+        match apply_text(policy, pii.style, minter.as_mut(), s, &found) {
+            Ok(Some(new)) => *s = new,
+            Ok(None) => {}
+            Err(e) => error = Some(e),
+        }
+    });
+    if let Some(e) = error {
+        return Err(e);
+    }
+    commit(minter).await?;
+    Ok(true)
+}
+
+fn minter_for(style: PiiStyle, vault: Option<&Arc<PiiVault>>) -> Result<Option<Minter>, Refused> {
+    if style != PiiStyle::Token {
+        return Ok(None);
+    }
+    let v = vault.ok_or_else(|| {
+        Refused::Failed("reversible tokens are configured but the token store is not open".into())
+    })?;
+    v.minter()
+        .map(Some)
+        .map_err(|e| Refused::Failed(format!("the PII token store is unavailable: {e}")))
+}
+
+async fn commit(minter: Option<Minter>) -> Result<(), Refused> {
+    let Some(m) = minter.filter(|m| m.pending() > 0) else {
+        return Ok(());
+    };
+    match tokio::task::spawn_blocking(move || m.commit()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(Refused::Failed(format!("cannot store PII tokens: {e}"))),
+        Err(_) => Err(Refused::Failed("the PII token writer failed".into())),
+    }
+}
+
+/// `text` with `findings` handled per `policy`: `Some(new)` when rewritten.
+fn apply_text(
+    policy: &Policy,
+    style: PiiStyle,
+    minter: Option<&mut Minter>,
+    text: &str,
+    findings: &[Finding],
+) -> Result<Option<String>, Refused> {
+    let style = match (style, minter) {
+        (PiiStyle::Token, Some(m)) => RedactStyle::Token(m),
+        (PiiStyle::Mask, _) => RedactStyle::Mask,
+        _ => RedactStyle::Label,
+    };
+    let outcome = policy
+        .apply(text, findings, style)
+        .map_err(|e| Refused::Failed(e.to_string()))?;
+    if outcome.is_blocked() {
+        return Err(Refused::Blocked(outcome.blocked_kinds().cloned().collect()));
+    }
+    Ok(outcome.text)
+}
+
+/// Applies the output policy to a non-streamed answer: `Some(bytes)` when it
+/// was rewritten, `None` when it passes as it is.
+pub async fn filter_answer(
+    pii: &AgentPii,
+    vault: Option<&Arc<PiiVault>>,
+    agent: &AgentName,
+    api: Api,
+    body: &[u8],
+) -> Result<Option<Bytes>, Refused> {
+    let mut v: Value = serde_json::from_slice(body)
+        .map_err(|e| Refused::Failed(format!("the answer is not JSON ({e})")))?;
+    let rewritten = apply_body(pii, vault, agent, Direction::Output, &mut v, |b, f| {
+        walk_response(api, b, f)
+    })
+    .await?;
+    if !rewritten {
+        return Ok(None);
+    }
+    serde_json::to_vec(&v)
+        .map(|b| Some(Bytes::from(b)))
+        .map_err(|e| Refused::Failed(format!("cannot re-encode the answer ({e})")))
+}
+
+// ---------------------------------------------------------------------------
+// Streams.
+// ---------------------------------------------------------------------------
+
+/// One text channel of a stream.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Channel {
+    /// Chat: choice `i`'s content.
+    ChatContent(u64),
+    /// Chat: choice `i`, tool call `k`'s arguments.
+    ChatTool(u64, u64),
+    /// Anthropic: content block `i` (text or tool input JSON).
+    Block(u64),
+    /// Responses: output item `i`, content part `j`'s text.
+    RespText(u64, u64),
+    /// Responses: output item `i`'s function call arguments.
+    RespArgs(u64),
+}
+
+struct ChannelState {
+    scanner: StreamScanner,
+    /// What to put in a synthesized delta for this channel's held-back tail.
+    template: Value,
+}
+
+/// Applies the output policy to a streamed answer, event by event.
+pub struct StreamFilter {
+    pii: Arc<AgentPii>,
+    vault: Option<Arc<PiiVault>>,
+    agent: AgentName,
+    api: Api,
+    /// `log` at most: events pass unchanged; findings are only recorded.
+    passive: bool,
+    channels: HashMap<Channel, ChannelState>,
+    /// Order channels were opened (flushing in a stable order).
+    order: Vec<Channel>,
+    /// The first chat chunk's head (id, created, model...), for a chunk that
+    /// carries held-back text at the end of the stream.
+    chat_head: Option<Map<String, Value>>,
+    tally: Tally,
+    field: usize,
+    family: ProviderKind,
+}
+
+impl std::fmt::Debug for StreamFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamFilter")
+            .field("agent", &self.agent)
+            .field("api", &self.api)
+            .field("channels", &self.channels.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Events to send, or the error event that ends the stream.
+pub type Filtered = Result<Vec<Bytes>, Bytes>;
+
+impl StreamFilter {
+    pub fn new(
+        pii: Arc<AgentPii>,
+        vault: Option<Arc<PiiVault>>,
+        agent: AgentName,
+        api: Api,
+        family: ProviderKind,
+    ) -> StreamFilter {
+        let passive = pii.policies.output.strictest_possible() <= Action::Log;
+        StreamFilter {
+            pii,
+            vault,
+            agent,
+            api,
+            passive,
+            channels: HashMap::new(),
+            order: Vec::new(),
+            chat_head: None,
+            tally: Tally::default(),
+            field: 0,
+            family,
+        }
+    }
+
+    /// Filters one event.
+    pub async fn on_event(&mut self, ev: SseEvent) -> Filtered {
+        if !ev.has_data() {
+            return Ok(vec![ev.into_raw()]);
+        }
+        let data = ev.data();
+        if data.trim() == "[DONE]" {
+            let mut out = self.flush_all().await?;
+            out.push(ev.into_raw());
+            return Ok(out);
+        }
+        let mut v: Value = match serde_json::from_str(data) {
+            Ok(v) => v,
+            Err(e) => return Err(self.fail(&format!("a stream event is not JSON ({e})"))),
+        };
+        let name = ev.event().map(str::to_owned);
+        let mut minter = if self.passive {
+            None
+        } else {
+            minter_for(self.pii.style, self.vault.as_ref()).map_err(|r| self.refuse(r))?
+        };
+        let res = match self.api {
+            Api::ChatCompletions => self.chat(&mut v, minter.as_mut()),
+            Api::AnthropicMessages => self.anthropic(&mut v, minter.as_mut()),
+            Api::Responses => self.responses(&mut v, minter.as_mut()),
+            Api::Embeddings => Ok((Vec::new(), false)),
+        };
+        let (mut before, changed) = res.map_err(|r| self.refuse(r))?;
+        commit(minter).await.map_err(|r| self.refuse(r))?;
+        if self.passive || !changed {
+            before.push(ev.into_raw());
+        } else {
+            before.push(encode(name.as_deref(), &v));
+        }
+        Ok(before)
+    }
+
+    /// At the end of the stream: what is still held back, then the findings
+    /// are logged.
+    pub async fn finish(&mut self) -> Filtered {
+        let out = self.flush_all().await;
+        self.tally.log(&self.agent, Direction::Output);
+        self.tally = Tally::default();
+        out
+    }
+
+    fn fail(&mut self, why: &str) -> Bytes {
+        self.refuse(Refused::Failed(why.to_owned()))
+    }
+
+    /// The error event ending a stream (and the log line saying why).
+    fn refuse(&mut self, r: Refused) -> Bytes {
+        self.tally.log(&self.agent, Direction::Output);
+        self.tally = Tally::default();
+        match &r {
+            Refused::Blocked(k) => {
+                tracing::warn!(target: "pii", agent = %self.agent, direction = "output", kinds = %kind_list(k), "stream ended by the PII policy")
+            }
+            Refused::Failed(why) => {
+                tracing::warn!(target: "pii", agent = %self.agent, direction = "output", "stream ended: PII check failed: {why}")
+            }
+        }
+        let (_, code, msg) = r.parts(Direction::Output);
+        let (name, body) = match (self.family, self.api) {
+            (ProviderKind::Anthropic, _) => (
+                Some("error"),
+                serde_json::json!({"type": "error", "error": {"type": "invalid_request_error", "message": msg}}),
+            ),
+            (_, Api::Responses) => (
+                Some("error"),
+                serde_json::json!({"type": "error", "code": code, "message": msg, "param": null,
+                    "error": {"type": "invalid_request_error", "code": code, "message": msg}}),
+            ),
+            _ => (
+                None,
+                serde_json::json!({"error": {"message": msg, "type": "invalid_request_error", "param": null, "code": code}}),
+            ),
+        };
+        encode(name, &body)
+    }
+
+    /// Pushes `delta` into `ch`; returns the text to release now (redacted).
+    fn push(
+        &mut self,
+        ch: Channel,
+        template: impl FnOnce() -> Value,
+        delta: &str,
+        minter: Option<&mut Minter>,
+    ) -> Result<String, Refused> {
+        if !self.channels.contains_key(&ch) {
+            self.channels.insert(
+                ch.clone(),
+                ChannelState {
+                    scanner: StreamScanner::new(self.pii.scanner.clone()),
+                    template: template(),
+                },
+            );
+            self.order.push(ch.clone());
+            self.field += 1;
+        }
+        let Some(state) = self.channels.get_mut(&ch) else {
+            return Ok(delta.to_owned());
+        };
+        let r = state.scanner.push(delta);
+        release(
+            &mut self.tally,
+            self.field,
+            &self.pii,
+            self.passive,
+            minter,
+            r.text,
+            r.findings,
+            r.offset,
+        )
+    }
+
+    /// Ends `ch`: its held-back text, redacted (empty when nothing was held).
+    fn end(
+        &mut self,
+        ch: &Channel,
+        minter: Option<&mut Minter>,
+    ) -> Result<(String, Value), Refused> {
+        let Some(mut state) = self.channels.remove(ch) else {
+            return Ok((String::new(), Value::Null));
+        };
+        self.order.retain(|c| c != ch);
+        let r = state.scanner.finish();
+        let text = release(
+            &mut self.tally,
+            self.field,
+            &self.pii,
+            self.passive,
+            minter,
+            r.text,
+            r.findings,
+            r.offset,
+        )?;
+        Ok((text, state.template))
+    }
+
+    /// Every open channel's tail, as synthesized delta events.
+    async fn flush_all(&mut self) -> Filtered {
+        if self.order.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut minter = if self.passive {
+            None
+        } else {
+            minter_for(self.pii.style, self.vault.as_ref()).map_err(|r| self.refuse(r))?
+        };
+        let mut out = Vec::new();
+        for ch in self.order.clone() {
+            let (tail, template) = self.end(&ch, minter.as_mut()).map_err(|r| self.refuse(r))?;
+            if tail.is_empty() || self.passive {
+                continue;
+            }
+            if let Some(ev) = self.synthesize(&ch, template, tail) {
+                out.push(ev);
+            }
+        }
+        commit(minter).await.map_err(|r| self.refuse(r))?;
+        Ok(out)
+    }
+
+    /// A delta event carrying `tail` for `ch`.
+    fn synthesize(&self, ch: &Channel, template: Value, tail: String) -> Option<Bytes> {
+        match ch {
+            Channel::ChatContent(i) | Channel::ChatTool(i, _) => {
+                let mut head = self.chat_head.clone().unwrap_or_default();
+                let delta = match ch {
+                    Channel::ChatTool(_, k) => {
+                        serde_json::json!({"tool_calls": [{"index": k, "function": {"arguments": tail}}]})
+                    }
+                    _ => serde_json::json!({"content": tail}),
+                };
+                head.insert(
+                    "choices".into(),
+                    serde_json::json!([{"index": i, "delta": delta, "finish_reason": null}]),
+                );
+                Some(encode(None, &Value::Object(head)))
+            }
+            Channel::Block(_) | Channel::RespText(..) | Channel::RespArgs(_) => {
+                let mut t = template;
+                let field = match ch {
+                    Channel::Block(_) => {
+                        if t.pointer("/delta/type").and_then(Value::as_str)
+                            == Some("input_json_delta")
+                        {
+                            "/delta/partial_json"
+                        } else {
+                            "/delta/text"
+                        }
+                    }
+                    _ => "/delta",
+                };
+                *t.pointer_mut(field)? = Value::String(tail);
+                let name = t.get("type").and_then(Value::as_str).map(str::to_owned);
+                Some(encode(name.as_deref(), &t))
+            }
+        }
+    }
+
+    /// Chat chunk: `choices[].delta.content` and tool call arguments; a choice
+    /// that finishes gets its channels' tails in the same chunk.
+    fn chat(
+        &mut self,
+        v: &mut Value,
+        mut minter: Option<&mut Minter>,
+    ) -> Result<(Vec<Bytes>, bool), Refused> {
+        if self.chat_head.is_none()
+            && let Some(o) = v.as_object()
+        {
+            let mut head = Map::new();
+            for (k, x) in o {
+                if k != "choices" && k != "usage" {
+                    head.insert(k.clone(), x.clone());
+                }
+            }
+            head.insert(
+                "object".into(),
+                Value::String("chat.completion.chunk".into()),
+            );
+            self.chat_head = Some(head);
+        }
+        let Some(Value::Array(choices)) = v.get_mut("choices") else {
+            return Ok((Vec::new(), false));
+        };
+        let mut changed = false;
+        for c in choices.iter_mut() {
+            let i = c.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let finished = c.get("finish_reason").is_some_and(|r| !r.is_null());
+            let Some(delta) = c.get_mut("delta").and_then(Value::as_object_mut) else {
+                continue;
+            };
+            if let Some(Value::String(s)) = delta.get_mut("content") {
+                *s = self.push(
+                    Channel::ChatContent(i),
+                    || Value::Null,
+                    s,
+                    minter.as_deref_mut(),
+                )?;
+                changed = true;
+            }
+            if let Some(Value::Array(calls)) = delta.get_mut("tool_calls") {
+                for call in calls.iter_mut() {
+                    let k = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+                    if let Some(Value::String(s)) = call.pointer_mut("/function/arguments") {
+                        *s = self.push(
+                            Channel::ChatTool(i, k),
+                            || Value::Null,
+                            s,
+                            minter.as_deref_mut(),
+                        )?;
+                        changed = true;
+                    }
+                }
+            }
+            if finished {
+                let mine: Vec<Channel> = self
+                    .order
+                    .iter()
+                    .filter(|ch| matches!(ch, Channel::ChatContent(x) | Channel::ChatTool(x, _) if *x == i))
+                    .cloned()
+                    .collect();
+                for ch in mine {
+                    let (tail, _) = self.end(&ch, minter.as_deref_mut())?;
+                    if tail.is_empty() || self.passive {
+                        continue;
+                    }
+                    changed = true;
+                    match ch {
+                        Channel::ChatContent(_) => {
+                            let prev = delta.get("content").and_then(Value::as_str).unwrap_or("");
+                            let joined = format!("{prev}{tail}");
+                            delta.insert("content".into(), Value::String(joined));
+                        }
+                        Channel::ChatTool(_, k) => {
+                            let calls = delta
+                                .entry("tool_calls")
+                                .or_insert_with(|| Value::Array(Vec::new()));
+                            if let Value::Array(calls) = calls {
+                                calls.push(serde_json::json!({"index": k, "function": {"arguments": tail}}));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok((Vec::new(), changed))
+    }
+
+    /// Anthropic: `content_block_delta` text and tool input JSON; a block's tail
+    /// goes out in a delta just before its `content_block_stop`.
+    fn anthropic(
+        &mut self,
+        v: &mut Value,
+        minter: Option<&mut Minter>,
+    ) -> Result<(Vec<Bytes>, bool), Refused> {
+        let ty = v.get("type").and_then(Value::as_str).unwrap_or("");
+        let i = v.get("index").and_then(Value::as_u64).unwrap_or(0);
+        match ty {
+            "content_block_delta" => {
+                let field = match v.pointer("/delta/type").and_then(Value::as_str) {
+                    Some("text_delta") => "/delta/text",
+                    Some("input_json_delta") => "/delta/partial_json",
+                    _ => return Ok((Vec::new(), false)),
+                };
+                let mut template = v.clone();
+                let Some(Value::String(s)) = v.pointer_mut(field) else {
+                    return Ok((Vec::new(), false));
+                };
+                if let Some(t) = template.pointer_mut(field) {
+                    *t = Value::String(String::new());
+                }
+                *s = self.push(Channel::Block(i), || template, s, minter)?;
+                Ok((Vec::new(), true))
+            }
+            "content_block_stop" => {
+                let (tail, template) = self.end(&Channel::Block(i), minter)?;
+                if tail.is_empty() || self.passive {
+                    return Ok((Vec::new(), false));
+                }
+                Ok((
+                    self.synthesize(&Channel::Block(i), template, tail)
+                        .into_iter()
+                        .collect(),
+                    false,
+                ))
+            }
+            _ => Ok((Vec::new(), false)),
+        }
+    }
+
+    /// Responses: text and argument deltas through the channel scanners; the
+    /// `.done` events (which repeat the whole text) are scanned whole.
+    fn responses(
+        &mut self,
+        v: &mut Value,
+        mut minter: Option<&mut Minter>,
+    ) -> Result<(Vec<Bytes>, bool), Refused> {
+        let ty = v
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let out_i = v.get("output_index").and_then(Value::as_u64).unwrap_or(0);
+        let part_j = v.get("content_index").and_then(Value::as_u64).unwrap_or(0);
+        match ty.as_str() {
+            "response.output_text.delta" | "response.function_call_arguments.delta" => {
+                let ch = if ty == "response.output_text.delta" {
+                    Channel::RespText(out_i, part_j)
+                } else {
+                    Channel::RespArgs(out_i)
+                };
+                let mut template = v.clone();
+                if let Some(t) = template.get_mut("delta") {
+                    *t = Value::String(String::new());
+                }
+                let Some(Value::String(s)) = v.get_mut("delta") else {
+                    return Ok((Vec::new(), false));
+                };
+                *s = self.push(ch, || template, s, minter)?;
+                Ok((Vec::new(), true))
+            }
+            "response.output_text.done" | "response.function_call_arguments.done" => {
+                let (ch, field) = if ty == "response.output_text.done" {
+                    (Channel::RespText(out_i, part_j), "text")
+                } else {
+                    (Channel::RespArgs(out_i), "arguments")
+                };
+                let (tail, template) = self.end(&ch, minter.as_deref_mut())?;
+                let before: Vec<Bytes> = if tail.is_empty() || self.passive {
+                    Vec::new()
+                } else {
+                    self.synthesize(&ch, template, tail).into_iter().collect()
+                };
+                let changed = self.whole(v.get_mut(field), minter)?;
+                Ok((before, changed))
+            }
+            "response.content_part.done" | "response.content_part.added" => {
+                let changed = self.whole(v.pointer_mut("/part/text"), minter)?;
+                Ok((Vec::new(), changed))
+            }
+            "response.output_item.done" | "response.output_item.added" => {
+                let mut changed = false;
+                if let Some(item) = v.get_mut("item") {
+                    changed = self.whole_all(item, minter)?;
+                }
+                Ok((Vec::new(), changed))
+            }
+            "response.completed" | "response.incomplete" | "response.failed" | "response.done" => {
+                let changed = match v.get_mut("response") {
+                    Some(r) => {
+                        let mut changed = false;
+                        if let Some(Value::Array(items)) = r.get_mut("output") {
+                            for item in items.iter_mut() {
+                                changed |= self.whole_all(item, minter.as_deref_mut())?;
+                            }
+                        }
+                        changed
+                    }
+                    None => false,
+                };
+                Ok((Vec::new(), changed))
+            }
+            _ => Ok((Vec::new(), false)),
+        }
+    }
+
+    /// Applies the policy to one complete text field.
+    fn whole(
+        &mut self,
+        field: Option<&mut Value>,
+        minter: Option<&mut Minter>,
+    ) -> Result<bool, Refused> {
+        let Some(Value::String(s)) = field else {
+            return Ok(false);
+        };
+        let mut found = Vec::new();
+        self.pii.scanner.scan_into(s, &mut found);
+        if found.is_empty() {
+            return Ok(false);
+        }
+        let policy = self.pii.policies.get(Direction::Output);
+        for f in &found {
+            self.tally.add(self.field, f, policy.action_for(&f.kind));
+        }
+        if self.passive {
+            return Ok(false);
+        }
+        match apply_text(policy, self.pii.style, minter, s, &found)? {
+            Some(new) => {
+                *s = new;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// [`Self::whole`] on every text field of a Responses item.
+    fn whole_all(
+        &mut self,
+        item: &mut Value,
+        mut minter: Option<&mut Minter>,
+    ) -> Result<bool, Refused> {
+        let mut changed = false;
+        let mut err = None;
+        let pii = self.pii.clone();
+        let policy = pii.policies.get(Direction::Output);
+        let passive = self.passive;
+        let field = self.field;
+        let mut found = Vec::new();
+        let tally = &mut self.tally;
+        responses_item(item, &mut |s: &mut String| {
+            if err.is_some() {
+                return;
+            }
+            pii.scanner.scan_into(s, &mut found);
+            for f in &found {
+                tally.add(field, f, policy.action_for(&f.kind));
+            }
+            if found.is_empty() || passive {
+                return;
+            }
+            match apply_text(policy, pii.style, minter.as_deref_mut(), s, &found) {
+                Ok(Some(new)) => {
+                    *s = new;
+                    changed = true;
+                }
+                Ok(None) => {}
+                Err(e) => err = Some(e),
+            }
+        });
+        match err {
+            Some(e) => Err(e),
+            None => Ok(changed),
+        }
+    }
+}
+
+/// Released stream text with the policy applied (tallied; redacted unless
+/// passive).
+#[allow(clippy::too_many_arguments)]
+fn release(
+    tally: &mut Tally,
+    field: usize,
+    pii: &AgentPii,
+    passive: bool,
+    minter: Option<&mut Minter>,
+    text: &str,
+    findings: &[Finding],
+    offset: u64,
+) -> Result<String, Refused> {
+    if findings.is_empty() {
+        return Ok(text.to_owned());
+    }
+    let policy = pii.policies.get(Direction::Output);
+    for f in findings {
+        let mut at = f.clone();
+        at.start += offset as usize;
+        at.end += offset as usize;
+        tally.add(field, &at, policy.action_for(&f.kind));
+    }
+    if passive {
+        return Ok(text.to_owned());
+    }
+    Ok(apply_text(policy, pii.style, minter, text, findings)?.unwrap_or_else(|| text.to_owned()))
+}
+
+/// `event: NAME\ndata: JSON\n\n` (no `event:` line without a name).
+fn encode(name: Option<&str>, v: &Value) -> Bytes {
+    let json = serde_json::to_string(v).unwrap_or_else(|_| "{}".to_owned());
+    let mut out = String::with_capacity(json.len() + 32);
+    if let Some(n) = name {
+        out.push_str("event: ");
+        out.push_str(n);
+        out.push('\n');
+    }
+    out.push_str("data: ");
+    out.push_str(&json);
+    out.push_str("\n\n");
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn agent() -> AgentName {
+        AgentName::new("a").unwrap()
+    }
+
+    fn pii(prompt: &str, output: &str) -> Arc<AgentPii> {
+        Arc::new(AgentPii {
+            scanner: Arc::new(Scanner::default()),
+            policies: PiiPolicies {
+                prompt: Policy::parse(prompt).unwrap(),
+                output: Policy::parse(output).unwrap(),
+                logs: Policy::allow_all(),
+            },
+            style: PiiStyle::Label,
+        })
+    }
+
+    fn collect(api: Api, body: &mut Value, req: bool) -> Vec<String> {
+        let mut seen = Vec::new();
+        let mut f = |s: &mut String| seen.push(s.clone());
+        if req {
+            walk_request(api, body, &mut f);
+        } else {
+            walk_response(api, body, &mut f);
+        }
+        seen
+    }
+
+    #[test]
+    fn walkers_visit_every_text_field_and_nothing_else() {
+        let mut chat = json!({"model": "gpt-4o", "messages": [
+            {"role": "system", "content": "sys"},
+            {"role": "user", "content": [{"type": "text", "text": "part"}, {"type": "image_url", "image_url": {"url": "data:x"}}]},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"to\":\"x\"}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "tool out"}
+        ]});
+        assert_eq!(
+            collect(Api::ChatCompletions, &mut chat, true),
+            ["sys", "part", "{\"to\":\"x\"}", "tool out"]
+        );
+        let mut resp = json!({"model": "m", "instructions": "ins", "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "in"}]},
+            {"type": "function_call", "call_id": "c", "name": "f", "arguments": "args"},
+            {"type": "function_call_output", "call_id": "c", "output": "out"}
+        ]});
+        assert_eq!(
+            collect(Api::Responses, &mut resp, true),
+            ["ins", "in", "args", "out"]
+        );
+        let mut ant = json!({"model": "claude", "system": [{"type": "text", "text": "sys"}], "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {"email": "e", "n": 3, "list": ["l"]}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": [{"type": "text", "text": "res"}]}]}
+        ]});
+        assert_eq!(
+            collect(Api::AnthropicMessages, &mut ant, true),
+            ["sys", "hi", "e", "l", "res"]
+        );
+        let mut emb = json!({"model": "e", "input": ["a", "b"]});
+        assert_eq!(collect(Api::Embeddings, &mut emb, true), ["a", "b"]);
+
+        let mut chat_out = json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "txt",
+            "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "a"}}]}}]});
+        assert_eq!(
+            collect(Api::ChatCompletions, &mut chat_out, false),
+            ["txt", "a"]
+        );
+        let mut ant_out = json!({"content": [{"type": "text", "text": "t"}, {"type": "tool_use", "input": {"q": "v"}}]});
+        assert_eq!(
+            collect(Api::AnthropicMessages, &mut ant_out, false),
+            ["t", "v"]
+        );
+        let mut resp_out = json!({"output": [{"type": "message", "content": [{"type": "output_text", "text": "o"}]},
+            {"type": "function_call", "arguments": "g"}]});
+        assert_eq!(collect(Api::Responses, &mut resp_out, false), ["o", "g"]);
+    }
+
+    #[tokio::test]
+    async fn bodies_are_redacted_blocked_or_passed() {
+        let p = pii("email=redact, secrets=block, ip=allow", "");
+        let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "mail jane.doe@example.com from 10.1.2.3"}]});
+        let walk = |b: &mut Value, f: &mut Visit<'_>| walk_request(Api::ChatCompletions, b, f);
+        assert!(
+            apply_body(&p, None, &agent(), Direction::Prompt, &mut body, walk)
+                .await
+                .unwrap()
+        );
+        assert_eq!(body["messages"][0]["content"], "mail [EMAIL] from 10.1.2.3");
+
+        let mut clean = json!({"model": "m", "messages": [{"role": "user", "content": "build 1.2.3.4 at 1700000000"}]});
+        let before = clean.clone();
+        assert!(
+            !apply_body(&p, None, &agent(), Direction::Prompt, &mut clean, walk)
+                .await
+                .unwrap()
+        );
+        assert_eq!(clean, before);
+
+        let key = "sk-proj-Q2x9Lm4Tz8Kp1Rw7Yb3Nc6Vd5Fg0Hj2Kl4Mn6Pq8Rs";
+        let mut secret = json!({"model": "m", "messages": [{"role": "assistant", "content": null,
+            "tool_calls": [{"function": {"name": "f", "arguments": format!("{{\"key\":\"{key}\",\"to\":\"a@example.com\"}}")}}]}]});
+        let before = secret.clone();
+        let e = apply_body(&p, None, &agent(), Direction::Prompt, &mut secret, walk)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, Refused::Blocked(k) if k == &[Kind::OpenAiKey]),
+            "{e:?}"
+        );
+        assert_eq!(secret, before, "a blocked body is not half-redacted");
+        let (status, code, msg) = e.parts(Direction::Prompt);
+        assert_eq!((status.as_u16(), code), (400, "pii_blocked"));
+        assert!(
+            msg.contains("openai_key") && !msg.contains("sk-proj"),
+            "{msg}"
+        );
+
+        // Token style without a store: fail closed.
+        let tok = AgentPii {
+            scanner: Arc::new(Scanner::default()),
+            policies: p.policies.clone(),
+            style: PiiStyle::Token,
+        };
+        let mut body =
+            json!({"model": "m", "messages": [{"role": "user", "content": "jane@example.com"}]});
+        let e = apply_body(&tok, None, &agent(), Direction::Prompt, &mut body, walk)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Refused::Failed(_)), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn answers_that_are_not_json_fail_closed() {
+        let p = pii("", "email=redact");
+        let e = filter_answer(&p, None, &agent(), Api::ChatCompletions, b"<html>")
+            .await
+            .unwrap_err();
+        let (status, code, _) = e.parts(Direction::Output);
+        assert_eq!((status.as_u16(), code), (422, "pii_scan_failed"));
+        let ok = br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"w1 w2"}}]}"#;
+        assert!(
+            filter_answer(&p, None, &agent(), Api::ChatCompletions, ok)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let hit = br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"to jane@example.com"}}]}"#;
+        let out = filter_answer(&p, None, &agent(), Api::ChatCompletions, hit)
+            .await
+            .unwrap()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], "to [EMAIL]");
+    }
+
+    fn chat_chunk(content: Option<&str>, finish: Option<&str>) -> SseEvent {
+        let delta = match content {
+            Some(c) => json!({"content": c}),
+            None => json!({}),
+        };
+        let v = json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        SseEvent::parse(format!("data: {v}\n\n"))
+    }
+
+    /// Runs events through a filter; returns the raw output, or the error event.
+    async fn run(f: &mut StreamFilter, events: Vec<SseEvent>) -> Result<Vec<Bytes>, Bytes> {
+        let mut out = Vec::new();
+        for ev in events {
+            out.extend(f.on_event(ev).await?);
+        }
+        out.extend(f.finish().await?);
+        Ok(out)
+    }
+
+    /// Every output event parses back (valid SSE, valid JSON).
+    fn parse_all(out: &[Bytes]) -> Vec<SseEvent> {
+        let mut p = super::super::sse::SseParser::new();
+        for b in out {
+            p.feed(b).unwrap();
+        }
+        let evs: Vec<SseEvent> = p.drain().collect();
+        assert!(p.finish().is_none());
+        for e in &evs {
+            if e.data() != "[DONE]" {
+                serde_json::from_str::<Value>(e.data()).unwrap();
+            }
+        }
+        evs
+    }
+
+    #[tokio::test]
+    async fn chat_stream_catches_an_email_split_across_chunks() {
+        let p = pii("", "email=redact, secrets=block");
+        let mut f = StreamFilter::new(p, None, agent(), Api::ChatCompletions, ProviderKind::OpenAi);
+        let pieces = [
+            "Contact jane.",
+            "doe@exa",
+            "mple.com",
+            " today about order 1234.",
+        ];
+        let mut evs: Vec<SseEvent> = pieces.iter().map(|p| chat_chunk(Some(p), None)).collect();
+        evs.push(chat_chunk(None, Some("stop")));
+        evs.push(SseEvent::parse("data: [DONE]\n\n"));
+        let out = run(&mut f, evs).await.unwrap();
+        let all: String = out
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect();
+        assert!(
+            !all.contains("jane") && !all.contains("doe@") && !all.contains("exa"),
+            "{all}"
+        );
+        let evs = parse_all(&out);
+        let text: String = evs
+            .iter()
+            .filter(|e| e.data() != "[DONE]")
+            .filter_map(|e| {
+                let v: Value = serde_json::from_str(e.data()).unwrap();
+                v.pointer("/choices/0/delta/content")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .collect();
+        assert_eq!(text, "Contact [EMAIL] today about order 1234.");
+        assert_eq!(evs.last().unwrap().data(), "[DONE]");
+    }
+
+    #[tokio::test]
+    async fn chat_stream_block_ends_with_an_error_event_naming_the_kind() {
+        let p = pii("", "secrets=block");
+        let mut f = StreamFilter::new(p, None, agent(), Api::ChatCompletions, ProviderKind::OpenAi);
+        let key = "sk-proj-Q2x9Lm4Tz8Kp1Rw7Yb3Nc6Vd5Fg0Hj2Kl4Mn6Pq8Rs";
+        let (a, b) = key.split_at(12);
+        let mut sent = Vec::new();
+        let mut blocked = None;
+        for ev in [
+            chat_chunk(Some("here: "), None),
+            chat_chunk(Some(a), None),
+            chat_chunk(Some(b), None),
+            chat_chunk(Some(" ok"), None),
+            chat_chunk(None, Some("stop")),
+        ] {
+            match f.on_event(ev).await {
+                Ok(o) => sent.extend(o),
+                Err(e) => {
+                    blocked = Some(e);
+                    break;
+                }
+            }
+        }
+        let err = blocked.expect("the stream is ended");
+        let all: String = sent
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect();
+        assert!(!all.contains("sk-proj"), "{all}");
+        let e = String::from_utf8_lossy(&err).into_owned();
+        assert!(
+            e.starts_with("data: {\"error\"") && e.contains("openai_key") && !e.contains("Q2x9"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn chat_stream_tool_call_arguments_are_redacted() {
+        let p = pii("", "email=redact");
+        let mut f = StreamFilter::new(p, None, agent(), Api::ChatCompletions, ProviderKind::OpenAi);
+        let tc = |args: &str| {
+            let v = json!({"id": "c1", "created": 1, "model": "m", "choices": [{"index": 0,
+                "delta": {"tool_calls": [{"index": 0, "function": {"arguments": args}}]}, "finish_reason": null}]});
+            SseEvent::parse(format!("data: {v}\n\n"))
+        };
+        let out = run(
+            &mut f,
+            vec![
+                tc("{\"to\":\"ja"),
+                tc("ne@example.com\"}"),
+                chat_chunk(None, Some("tool_calls")),
+            ],
+        )
+        .await
+        .unwrap();
+        let args: String = parse_all(&out)
+            .iter()
+            .flat_map(|e| {
+                let v: Value = serde_json::from_str(e.data()).unwrap();
+                v.pointer("/choices/0/delta/tool_calls")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter_map(|c| {
+                c.pointer("/function/arguments")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .collect();
+        assert_eq!(args, "{\"to\":\"[EMAIL]\"}");
+    }
+
+    #[tokio::test]
+    async fn anthropic_stream_flushes_before_block_stop() {
+        let p = pii("", "email=redact");
+        let mut f = StreamFilter::new(
+            p,
+            None,
+            agent(),
+            Api::AnthropicMessages,
+            ProviderKind::Anthropic,
+        );
+        let delta = |t: &str| {
+            let v = json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}});
+            SseEvent::parse(format!("event: content_block_delta\ndata: {v}\n\n"))
+        };
+        let stop = SseEvent::parse(
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+        );
+        let out = run(&mut f, vec![delta("write to jane"), delta("@example.com")]).await;
+        // Without a stop, finish() releases the tail.
+        let text: String = parse_all(&out.unwrap())
+            .iter()
+            .filter_map(|e| {
+                serde_json::from_str::<Value>(e.data())
+                    .ok()?
+                    .pointer("/delta/text")?
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect();
+        assert_eq!(text, "write to [EMAIL]");
+        let mut f = StreamFilter::new(
+            pii("", "email=redact"),
+            None,
+            agent(),
+            Api::AnthropicMessages,
+            ProviderKind::Anthropic,
+        );
+        let out = run(
+            &mut f,
+            vec![delta("write to jane"), delta("@example.com"), stop],
+        )
+        .await
+        .unwrap();
+        let evs = parse_all(&out);
+        assert_eq!(evs.last().unwrap().event(), Some("content_block_stop"));
+        let text: String = evs
+            .iter()
+            .filter(|e| e.event() == Some("content_block_delta"))
+            .filter_map(|e| {
+                serde_json::from_str::<Value>(e.data())
+                    .ok()?
+                    .pointer("/delta/text")?
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect();
+        assert_eq!(text, "write to [EMAIL]");
+    }
+
+    #[tokio::test]
+    async fn anthropic_tool_input_json_is_redacted_across_deltas() {
+        let p = pii("", "email=redact");
+        let mut f = StreamFilter::new(
+            p,
+            None,
+            agent(),
+            Api::AnthropicMessages,
+            ProviderKind::Anthropic,
+        );
+        let delta = |t: &str| {
+            let v = json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": t}});
+            SseEvent::parse(format!("event: content_block_delta\ndata: {v}\n\n"))
+        };
+        let stop = SseEvent::parse(
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\n",
+        );
+        let out = run(
+            &mut f,
+            vec![delta("{\"to\": \"jane.d"), delta("oe@example.com\"}"), stop],
+        )
+        .await
+        .unwrap();
+        let evs = parse_all(&out);
+        let json_text: String = evs
+            .iter()
+            .filter(|e| e.event() == Some("content_block_delta"))
+            .filter_map(|e| {
+                let v: Value = serde_json::from_str(e.data()).ok()?;
+                assert_eq!(v["delta"]["type"], "input_json_delta");
+                v["delta"]["partial_json"].as_str().map(str::to_owned)
+            })
+            .collect();
+        assert_eq!(
+            serde_json::from_str::<Value>(&json_text).unwrap(),
+            json!({"to": "[EMAIL]"})
+        );
+    }
+
+    #[tokio::test]
+    async fn responses_stream_redacts_deltas_and_done_events() {
+        let p = pii("", "email=redact");
+        let mut f = StreamFilter::new(p, None, agent(), Api::Responses, ProviderKind::OpenAi);
+        let ev = |v: Value| {
+            let name = v["type"].as_str().unwrap().to_owned();
+            SseEvent::parse(format!("event: {name}\ndata: {v}\n\n"))
+        };
+        let full = "mail jane@example.com now";
+        let out = run(&mut f, vec![
+            ev(json!({"type": "response.output_text.delta", "item_id": "i", "output_index": 0, "content_index": 0, "delta": "mail ja"})),
+            ev(json!({"type": "response.output_text.delta", "item_id": "i", "output_index": 0, "content_index": 0, "delta": "ne@example.com now"})),
+            ev(json!({"type": "response.output_text.done", "item_id": "i", "output_index": 0, "content_index": 0, "text": full})),
+            ev(json!({"type": "response.completed", "response": {"output": [{"type": "message", "content": [{"type": "output_text", "text": full}]}]}})),
+        ]).await.unwrap();
+        let all: String = out
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect();
+        assert!(!all.contains("jane"), "{all}");
+        let evs = parse_all(&out);
+        let deltas: String = evs
+            .iter()
+            .filter(|e| e.event() == Some("response.output_text.delta"))
+            .filter_map(|e| {
+                serde_json::from_str::<Value>(e.data()).ok()?["delta"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect();
+        assert_eq!(deltas, "mail [EMAIL] now");
+        assert!(all.contains("\"text\":\"mail [EMAIL] now\""), "{all}");
+    }
+
+    #[tokio::test]
+    async fn log_only_streams_pass_bytes_unchanged() {
+        let p = pii("", "email=log");
+        let mut f = StreamFilter::new(p, None, agent(), Api::ChatCompletions, ProviderKind::OpenAi);
+        let evs = vec![
+            chat_chunk(Some("to jane@"), None),
+            chat_chunk(Some("example.com"), None),
+            chat_chunk(None, Some("stop")),
+        ];
+        let raw: Vec<Bytes> = evs.iter().map(|e| e.raw().clone()).collect();
+        let out = run(&mut f, evs).await.unwrap();
+        assert_eq!(out, raw);
+    }
+
+    #[tokio::test]
+    async fn a_stream_event_that_is_not_json_fails_closed() {
+        let p = pii("", "email=redact");
+        let mut f = StreamFilter::new(p, None, agent(), Api::ChatCompletions, ProviderKind::OpenAi);
+        let e = f
+            .on_event(SseEvent::parse("data: {not json\n\n"))
+            .await
+            .unwrap_err();
+        let e = String::from_utf8_lossy(&e).into_owned();
+        assert!(e.contains("pii_scan_failed"), "{e}");
+    }
+}
