@@ -150,6 +150,10 @@ def asecret(name):
 
 # --- the X-Iron-Cage-Tag header on httpx requests --------------------------------
 
+# HTTP client modules whose Client/AsyncClient.send get the header: httpx, and
+# httpx2 (its successor, which current openai and anthropic SDKs use).
+_HTTP_MODULES = ("httpx", "httpx2")
+
 def _with_tag(request):
     t = _tag.get()
     if t is not None and TAG_HEADER not in request.headers:
@@ -157,7 +161,7 @@ def _with_tag(request):
 
 
 def _patch_httpx(httpx):
-    if getattr(httpx, "_iron_cage_patched", False):
+    if getattr(httpx, "_iron_cage_patched", False) or not hasattr(httpx, "AsyncClient"):
         return
     sync_send = httpx.Client.send
     async_send = httpx.AsyncClient.send
@@ -178,11 +182,11 @@ def _patch_httpx(httpx):
 
 
 class _HttpxFinder:
-    """Patches httpx when the agent imports it (importing it here would slow
-    every agent's start-up)."""
+    """Patches httpx (and httpx2) when the agent imports it (importing it here
+    would slow every agent's start-up)."""
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != "httpx":
+        if fullname not in _HTTP_MODULES:
             return None
         import importlib.machinery
 
@@ -201,10 +205,10 @@ class _HttpxFinder:
 
 
 if running_under_cage():
-    if "httpx" in sys.modules:
-        _patch_httpx(sys.modules["httpx"])
-    else:
-        sys.meta_path.insert(0, _HttpxFinder())
+    for _m in _HTTP_MODULES:
+        if _m in sys.modules:
+            _patch_httpx(sys.modules[_m])
+    sys.meta_path.insert(0, _HttpxFinder())
 
     # The descriptor is ours now (and close-on-exec); programs this agent runs
     # are not under the cage's channel.
