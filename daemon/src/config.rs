@@ -589,6 +589,8 @@ impl AgentSpec {
             && self.env == other.env
             && self.inherit_env == other.inherit_env
             && self.python == other.python
+            // The heartbeat interval is handed over at spawn.
+            && self.watchdog == other.watchdog
     }
 }
 

@@ -105,7 +105,8 @@ def test_script_runs_as_it_would_by_hand(cage, tmp_path):
 
 
 def test_budget_report_cost_tags_and_pii_over_the_channel(cage):
-    cage.write([cage.py_agent("tools", AGENTS / "cage_tools.py", budget_usd=2.0, budget_period="week")])
+    cage.write([cage.py_agent("tools", AGENTS / "cage_tools.py", budget_usd=2.0, budget_period="week",
+                              env={"PYTHONPATH": "/opt/extra-lib"})])
     cage.start()
     r = cage.result("tools")
     assert r["agent"] == "tools"
@@ -120,15 +121,19 @@ def test_budget_report_cost_tags_and_pii_over_the_channel(cage):
     assert r["secret"].startswith("SecretsUnavailable") and "secrets store is not available" in r["secret"]
     assert r["scan"] == [["email", 5, 25, "high"], ["card", 31, 50, "high"]]
     assert r["redacted"] == "mail [EMAIL] card [CARD] ok"
+    assert r["tag_after_threads"] is None
+    # The module's directory first, then the agent's own PYTHONPATH.
+    assert r["pythonpath"] == f"{MODULE_DIR.resolve()}:/opt/extra-lib"
     # The ledger agrees, by tag and by model.
     by_tag = costs_by(cage, "tag")
     assert by_tag["search"]["cost"] == 250_000
     assert by_tag["-"]["cost"] == 1_500
+    assert by_tag["thread-a"]["cost"] == 10_000 and by_tag["thread-b"]["cost"] == 20_000
     by_model = costs_by(cage, "model")
     assert by_model["tool/web-search"]["cost"] == 250_000
     assert by_model["tool/ocr"]["cost"] == 1_500
     b = cage.budget("tools")
-    assert b["spent"] == 251_500 and b["remaining"] == 2_000_000 - 251_500
+    assert b["spent"] == 281_500 and b["remaining"] == 2_000_000 - 281_500
 
 
 def test_langchain_agent_is_metered_per_tag(cage):

@@ -252,3 +252,118 @@ async fn report_cost(b: &BudgetHandle, agent: &AgentName, r: ReportCost) -> Agen
         Err(e) => e,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ironcage_shared::agent_channel::{AgentHello, Envelope, SecretRequest};
+    use tokio::io::AsyncWriteExt;
+
+    async fn round_trip(
+        s: &mut UnixStream,
+        id: u64,
+        request: AgentRequest,
+    ) -> Option<AgentResponse> {
+        framing::write_message(s, &Envelope { id, request })
+            .await
+            .unwrap();
+        match framing::read_message::<_, AgentMessage>(s).await.unwrap()? {
+            AgentMessage::Reply { id: got, response } => {
+                assert_eq!(got, id);
+                Some(response)
+            }
+            AgentMessage::Push(p) => panic!("unexpected push {p:?}"),
+        }
+    }
+
+    fn hello(version: u32) -> AgentRequest {
+        AgentRequest::Hello(AgentHello { version, pid: 1 })
+    }
+
+    fn start() -> (UnixStream, Arc<Liveness>, tokio::task::JoinHandle<()>) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let live = Liveness::new();
+        let task = tokio::spawn(serve(
+            ours,
+            "agent-a".parse().unwrap(),
+            Arc::new(CageServices::default()),
+            live.clone(),
+        ));
+        (theirs, live, task)
+    }
+
+    fn kind(r: Option<AgentResponse>) -> AgentErrorKind {
+        match r {
+            Some(AgentResponse::Error(e)) => e.kind,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn hello_first_then_requests_and_bad_ones_keep_the_channel() {
+        let (mut s, _, task) = start();
+        match round_trip(&mut s, 1, hello(AGENT_CHANNEL_VERSION)).await {
+            Some(AgentResponse::Hello(w)) => assert_eq!(w.agent.as_str(), "agent-a"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            round_trip(&mut s, 2, AgentRequest::Heartbeat).await,
+            Some(AgentResponse::Ok)
+        );
+        // An unknown variant (a control request's bytes) is answered by id.
+        s.write_all(&[0, 0, 0, 3, 7, 6, b'x']).await.unwrap();
+        match framing::read_message::<_, AgentMessage>(&mut s)
+            .await
+            .unwrap()
+        {
+            Some(AgentMessage::Reply {
+                id: 7,
+                response: AgentResponse::Error(e),
+            }) => {
+                assert_eq!(e.kind, AgentErrorKind::BadRequest);
+                assert!(e.message.contains("not an agent channel request"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            kind(round_trip(&mut s, 8, hello(AGENT_CHANNEL_VERSION)).await),
+            AgentErrorKind::Handshake
+        );
+        let secret = AgentRequest::Secret(SecretRequest { name: "DB".into() });
+        match round_trip(&mut s, 9, secret).await {
+            Some(AgentResponse::Error(e)) => {
+                assert_eq!(e.kind, AgentErrorKind::Unavailable);
+                assert!(e.message.contains("secrets store is not available"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // No ledger in this test: a clear error, not a hang.
+        assert_eq!(
+            kind(round_trip(&mut s, 10, AgentRequest::Budget).await),
+            AgentErrorKind::Unavailable
+        );
+        // A lying length closes this channel.
+        s.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        assert!(framing::read_frame(&mut s).await.unwrap().is_none());
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn no_hello_or_another_version_closes_the_channel() {
+        let (mut s, _, task) = start();
+        assert_eq!(
+            kind(round_trip(&mut s, 1, AgentRequest::Budget).await),
+            AgentErrorKind::Handshake
+        );
+        assert!(framing::read_frame(&mut s).await.unwrap().is_none());
+        task.await.unwrap();
+
+        let (mut s, _, task) = start();
+        assert_eq!(
+            kind(round_trip(&mut s, 1, hello(AGENT_CHANNEL_VERSION + 1)).await),
+            AgentErrorKind::Handshake
+        );
+        assert!(framing::read_frame(&mut s).await.unwrap().is_none());
+        task.await.unwrap();
+    }
+}

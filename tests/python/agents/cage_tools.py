@@ -28,6 +28,25 @@ out["after_report"] = b(iron_cage.report_cost(0.0015, "ocr"))
 out["bad_cost"] = err(lambda: iron_cage.report_cost(-1, "x"))
 out["bad_label"] = err(lambda: iron_cage.report_cost(0.1, ""))
 out["secret"] = err(lambda: iron_cage.secret("DB_PASSWORD"))
+# Threads each see their own tag, even while both are inside one at once.
+import threading
+both_in = threading.Barrier(2)
+
+
+def in_thread(name, usd):
+    with iron_cage.tag(name):
+        both_in.wait(timeout=60)
+        assert iron_cage.current_tag() == name
+        iron_cage.report_cost(usd, "thread-tool")
+
+
+threads = [threading.Thread(target=in_thread, args=(n, u)) for n, u in (("thread-a", 0.01), ("thread-b", 0.02))]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+out["tag_after_threads"] = iron_cage.current_tag()
+out["pythonpath"] = os.environ.get("PYTHONPATH")
 text = "mail jane.doe@example.com card 4242 4242 4242 4242 ok"
 out["scan"] = [[f.kind, f.start, f.end, f.confidence] for f in iron_cage.scan(text)]
 out["redacted"] = iron_cage.redact(text)
