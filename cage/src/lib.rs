@@ -71,16 +71,27 @@ fn channel(what: &str) -> PyResult<Arc<Channel>> {
 
 fn to_py(e: ChannelError) -> PyErr {
     match e {
-        ChannelError::Daemon(d) => match d.kind {
-            AgentErrorKind::Invalid => PyValueError::new_err(d.message),
-            AgentErrorKind::NotFound | AgentErrorKind::Unavailable
-                if d.message.contains("secret") =>
-            {
-                SecretsUnavailable::new_err(d.message)
-            }
-            _ => IronCageError::new_err(d.message),
-        },
+        ChannelError::Daemon(d) if d.kind == AgentErrorKind::Invalid => {
+            PyValueError::new_err(d.message)
+        }
+        ChannelError::Daemon(d) => IronCageError::new_err(d.message),
         other => IronCageError::new_err(other.to_string()),
+    }
+}
+
+/// For `secret()`: the store being absent, or the secret not granted, is
+/// `SecretsUnavailable`.
+fn secret_err(e: ChannelError) -> PyErr {
+    match e {
+        ChannelError::Daemon(d)
+            if matches!(
+                d.kind,
+                AgentErrorKind::Unavailable | AgentErrorKind::NotFound
+            ) =>
+        {
+            SecretsUnavailable::new_err(d.message)
+        }
+        other => to_py(other),
     }
 }
 
@@ -212,7 +223,12 @@ fn expect_secret(r: AgentResponse) -> PyResult<String> {
 
 /// Runs one request on the channel with the GIL released.
 fn call(py: Python<'_>, ch: &Channel, req: AgentRequest) -> PyResult<AgentResponse> {
-    py.detach(|| ch.call(req)).map_err(to_py)
+    let err = if matches!(req, AgentRequest::Secret(_)) {
+        secret_err
+    } else {
+        to_py
+    };
+    py.detach(|| ch.call(req)).map_err(err)
 }
 
 /// Runs one request on tokio's blocking pool; the awaitable resolves with `map(reply)`.
@@ -226,11 +242,16 @@ where
     T: for<'a> IntoPyObject<'a> + Send + 'static,
     F: FnOnce(AgentResponse) -> PyResult<T> + Send + 'static,
 {
+    let err = if matches!(req, AgentRequest::Secret(_)) {
+        secret_err
+    } else {
+        to_py
+    };
     pyo3_async_runtimes::tokio::future_into_py(py, async move {
         let r = tokio::task::spawn_blocking(move || ch.call(req))
             .await
             .map_err(|e| IronCageError::new_err(format!("iron_cage request task failed: {e}")))?
-            .map_err(to_py)?;
+            .map_err(err)?;
         map(r)
     })
 }

@@ -280,3 +280,16 @@ def test_agents_inherit_only_their_own_channel(cage):
     assert py["env_fd"] is None
     extra = {k: v for k, v in py["fds"].items() if k not in ("0", "1", "2")}
     assert len(extra) == 1 and all(t.startswith("socket:") and cx for t, cx in extra.values()), py
+
+
+def test_a_python_too_old_for_the_module_exits_with_a_clear_message(cage):
+    old = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.[5-8].*/bin/python3")) +
+                 glob.glob("/usr/bin/python3.[5-8]"))
+    if not old:
+        pytest.skip("no CPython older than 3.9 on this machine")
+    cage.write([cage.py_agent("old", AGENTS / "cage_version.py", python=old[-1])])
+    cage.start()
+    st = wait_exited(cage, "old")
+    assert st["last_exit"]["code"] == 3
+    logs = cage.logs("old")
+    assert "cannot import the iron_cage module" in logs and "3.9 or later" in logs, logs
