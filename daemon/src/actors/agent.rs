@@ -269,7 +269,17 @@ impl AgentActor {
         self.operator_kill = false;
         self.stop_reason = None;
         let key = self.keys.mint(&self.spec.name);
-        let pair = std::os::unix::net::UnixStream::pair();
+        let pair = std::os::unix::net::UnixStream::pair().and_then(|(ours, theirs)| {
+            // A daemon started with stdin/out/err closed could get 0-2 here,
+            // which the child's own stdio would replace: move it above 2
+            // (`try_clone` duplicates to the lowest free number >= 3).
+            let theirs = if theirs.as_raw_fd() <= 2 {
+                theirs.try_clone()?
+            } else {
+                theirs
+            };
+            Ok((ours, theirs))
+        });
         let spawned = match &pair {
             Ok((_, child_end)) => self.build_command(&key, child_end.as_raw_fd()).spawn(),
             Err(e) => Err(std::io::Error::new(
