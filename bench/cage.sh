@@ -16,5 +16,7 @@ flag=""; [ "$PROFILE" = release ] && flag="--release"
 cargo build --locked -q $flag -p ironcaged
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE
 build_cage_module "$TARGET/python" "$PROFILE"
-PY=${PYTHON:-python3}
-"$PY" bench/cage/cage_bench.py "$TARGET" "$(command -v "$PY")" "${RUNS:-40}"
+# The real interpreter, not a wrapper (pyenv's shims are shell scripts that
+# would add their own start-up to every figure).
+PY=$("${PYTHON:-python3}" -c 'import sys; print(sys.executable)')
+"$PY" bench/cage/cage_bench.py "$TARGET" "$PY" "${RUNS:-40}"

@@ -24,11 +24,12 @@ Outside ironcaged, ``import iron_cage`` works and every call raises
 :func:`running_under_cage` to check first.
 """
 
+# Only what the interpreter has loaded anyway, plus contextvars: this import
+# runs before every Python agent's first line (functools and threading are
+# imported where needed).
 import contextvars
-import functools
 import os
 import sys
-import threading
 
 from . import _native
 from ._native import (  # noqa: F401  (re-exported)
@@ -105,6 +106,7 @@ class tag:
         return self.__exit__(*exc)
 
     def __call__(self, fn):
+        import functools
         import inspect
 
         if inspect.iscoroutinefunction(fn):
@@ -163,6 +165,8 @@ def _with_tag(request):
 def _patch_httpx(httpx):
     if getattr(httpx, "_iron_cage_patched", False) or not hasattr(httpx, "AsyncClient"):
         return
+    import functools
+
     sync_send = httpx.Client.send
     async_send = httpx.AsyncClient.send
 
@@ -216,6 +220,8 @@ if running_under_cage():
 
     _beat_ms = os.environ.pop("IRONCAGE_HEARTBEAT_MS", None)
     if _beat_ms:
+        import threading
+
         _interval = max(int(_beat_ms), 10) / 1000.0
 
         def _beat():
