@@ -293,3 +293,13 @@ def test_a_python_too_old_for_the_module_exits_with_a_clear_message(cage):
     assert st["last_exit"]["code"] == 3
     logs = cage.logs("old")
     assert "cannot import the iron_cage module" in logs and "3.9 or later" in logs, logs
+
+
+def test_tag_reaches_both_sdks_sync_and_async(cage):
+    cage.write([cage.py_agent("sdks", AGENTS / "cage_sdks.py")])
+    cage.start()
+    st = wait_exited(cage, "sdks")
+    assert st["last_exit"]["code"] == 0, cage.logs("sdks")
+    wait_for("the last settle", lambda: cage.budget("sdks")["reserved"] == 0)
+    by_tag = {k: v["calls"] for k, v in costs_by(cage, "tag").items()}
+    assert by_tag == {"claude-sync": 1, "explicit": 1, "claude-async": 1, "-": 1}, by_tag

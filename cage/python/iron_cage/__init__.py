@@ -156,6 +156,7 @@ def asecret(name):
 # httpx2 (its successor, which current openai and anthropic SDKs use).
 _HTTP_MODULES = ("httpx", "httpx2")
 
+
 def _with_tag(request):
     t = _tag.get()
     if t is not None and TAG_HEADER not in request.headers:
