@@ -20,6 +20,11 @@
 #                   not see the units: `systemctl link` them, or pass
 #                   UNITDIR=/etc/systemd/system.
 #   sysusers.d:     the same rule (/usr/lib/sysusers.d, /usr/local/lib/sysusers.d).
+#   $(PREFIX)/lib/ironcage/python/iron_cage/: the iron_cage Python package
+#                   (the extension module from $(BIN_DIR)/libiron_cage.so as
+#                   _native.abi3.so, plus its .py/.pyi files). ironcaged looks
+#                   there by default (<its bin dir>/../lib/ironcage/python); with
+#                   another BINDIR/PYLIBDIR, set [daemon] python_path.
 #   /etc/ironcage/  always /etc, whatever PREFIX (the daemon's default config path
 #                   is /etc/ironcage/ironcaged.toml): ironcaged.toml.example, and
 #                   ironcaged.env (0600) only if absent. ironcaged.toml itself is
@@ -36,6 +41,9 @@ CONFDIR    := /etc/ironcage
 TARGET_DIR ?= $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),target)
 # Binaries that install copies; point it at target/debug to skip a release build.
 BIN_DIR    ?= $(TARGET_DIR)/release
+PYLIBDIR   ?= $(PREFIX)/lib/ironcage/python
+CAGE_LIB   := $(BIN_DIR)/libiron_cage.so
+CAGE_FILES := __init__.py __init__.pyi _run.py py.typed
 
 ifeq ($(PREFIX),/usr)
 ifndef UNITDIR
@@ -63,8 +71,12 @@ install:
 	@for b in $(BINARIES); do \
 	    test -x "$(BIN_DIR)/$$b" || { echo "make install: $(BIN_DIR)/$$b not found: run 'make build' first, or set BIN_DIR" >&2; exit 1; }; \
 	done
+	@test -f "$(CAGE_LIB)" || { echo "make install: $(CAGE_LIB) (the iron_cage Python module) not found: run 'make build' first, or set BIN_DIR" >&2; exit 1; }
 	install -d -m 0755 "$(DESTDIR)$(BINDIR)" "$(DESTDIR)$(UNITDIR)" "$(DESTDIR)$(SYSUSERSDIR)" "$(DESTDIR)$(DOCDIR)"
 	for b in $(BINARIES); do install -m 0755 "$(BIN_DIR)/$$b" "$(DESTDIR)$(BINDIR)/$$b"; done
+	install -d -m 0755 "$(DESTDIR)$(PYLIBDIR)/iron_cage"
+	for f in $(CAGE_FILES); do install -m 0644 "cage/python/iron_cage/$$f" "$(DESTDIR)$(PYLIBDIR)/iron_cage/$$f"; done
+	install -m 0755 "$(CAGE_LIB)" "$(DESTDIR)$(PYLIBDIR)/iron_cage/_native.abi3.so"
 	for u in $(UNITS); do \
 	    sed -e 's|/usr/bin/ironcaged|$(BINDIR)/ironcaged|g' -e 's|/usr/bin/ironctl|$(BINDIR)/ironctl|g' \
 	        "systemd/$$u" > "$(DESTDIR)$(UNITDIR)/$$u.tmp" && \
@@ -104,6 +116,9 @@ install:
 # ironcage user and group: those are the operator's.
 uninstall:
 	for b in $(BINARIES); do rm -f "$(DESTDIR)$(BINDIR)/$$b"; done
+	for f in $(CAGE_FILES) _native.abi3.so; do rm -f "$(DESTDIR)$(PYLIBDIR)/iron_cage/$$f"; done
+	rm -rf "$(DESTDIR)$(PYLIBDIR)/iron_cage/__pycache__"
+	rmdir "$(DESTDIR)$(PYLIBDIR)/iron_cage" "$(DESTDIR)$(PYLIBDIR)" "$(DESTDIR)$(dir $(PYLIBDIR:/=))" 2>/dev/null || true
 	for u in $(UNITS); do rm -f "$(DESTDIR)$(UNITDIR)/$$u"; done
 	rm -f "$(DESTDIR)$(SYSUSERSDIR)/ironcage.conf"
 	rm -f "$(DESTDIR)$(CONFDIR)/ironcaged.toml.example"

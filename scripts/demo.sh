@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo: ironcaged supervising the example agents (a raw OpenAI-SDK agent,
-# a streaming Anthropic-SDK agent, a shell agent) against the local mock
+# a streaming Anthropic-SDK agent, a shell agent, and Python agents using the
+# iron_cage module: LangChain, asyncio, raw SDK) against the local mock
 # provider, on the embedded defaults. Shows the supervision, the support bot
 # hitting its budget and being refused, and where the money went.
 #
@@ -23,6 +24,8 @@ fi
 say "building ironcaged, ironctl and the mock provider"
 cargo build --locked -q -p ironcaged -p ironctl -p ironcage-mock-provider
 BIN="$ROOT/target/debug"
+say "building the iron_cage Python module (into $BIN/python, where ironcaged finds it)"
+build_cage_module "$BIN/python" debug
 
 VENV="$ROOT/.venv"
 ensure_venv "$VENV"
@@ -98,6 +101,15 @@ say "ironctl circuits list: gpt-4o's circuit is open"
 sleep 2
 say "the summarizer keeps working: the gateway falls back to gpt-4o-mini"
 "$CTL" agents logs summarizer -n 4
+
+say "Python agents with the iron_cage module: LangChain, asyncio workers, a raw-SDK agent"
+"$CTL" agents logs langchain-researcher -n 2
+"$CTL" agents logs async-workers -n 3
+"$CTL" agents logs triage -n 2
+say "ironctl costs --by tag: iron_cage.tag() billed their calls per task (worker-N, research, ...)"
+"$CTL" costs --by tag
+say "ironctl costs --by model: tool/kb-lookup is the triage agent's iron_cage.report_cost()"
+"$CTL" costs --by model
 
 say "ironctl agents kill heartbeat (restart=always, but an operator kill is a stop)"
 "$CTL" agents kill heartbeat

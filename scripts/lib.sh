@@ -20,3 +20,23 @@ ensure_venv() {
         cp tests/requirements.txt "$venv/.requirements.txt"
     fi
 }
+
+# Builds the iron_cage Python module (cage/) with cargo's profile $2 (debug or
+# release; default debug) and installs the package into $1/iron_cage/: the
+# Python files from cage/python/iron_cage/ and the extension module as
+# _native.abi3.so. ironcaged looks for it in <its own directory>/python.
+build_cage_module() {
+    local dest=$1 profile=${2:-debug} flag=""
+    [ "$profile" = release ] && flag="--release"
+    cargo build --locked -q -p iron-cage-py $flag
+    install_cage_module "$dest" "${CARGO_TARGET_DIR:-target}/$profile/libiron_cage.so"
+}
+
+# Installs the package into $1/iron_cage/ from the built library $2.
+install_cage_module() {
+    local dest=$1 lib=$2
+    mkdir -p "$dest/iron_cage"
+    cp cage/python/iron_cage/*.py cage/python/iron_cage/*.pyi cage/python/iron_cage/py.typed "$dest/iron_cage/"
+    # Copy then rename: a running agent may have the old file mapped.
+    cp "$lib" "$dest/iron_cage/.native.tmp" && mv -f "$dest/iron_cage/.native.tmp" "$dest/iron_cage/_native.abi3.so"
+}

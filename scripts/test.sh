@@ -38,11 +38,13 @@ if [ -z "${SKIP_LINT:-}" ]; then
 fi
 step "cargo build (workspace binaries)"
 cargo build --workspace --locked --bins
+step "the iron_cage Python module (into target/debug/python, where ironcaged finds it)"
+build_cage_module "$ROOT/target/debug/python" debug
 step "cargo test"
 cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-4}"
 
 # --- Python SDK tests through the gateway --------------------------------------
-step "pytest (real openai/anthropic SDKs through ironcaged's gateway)"
+step "pytest (real openai/anthropic SDKs and LangChain through ironcaged's gateway; the iron_cage module)"
 IRONCAGE_BIN_DIR="$ROOT/target/debug" "$VENV/bin/python" -m pytest -q tests/python
 
 # --- systemd units and install layout -----------------------------------------

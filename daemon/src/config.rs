@@ -127,6 +127,9 @@ pub struct DaemonSection {
     pub state_dir: PathBuf,
     /// Group that owns the socket file (mode 0660), if set.
     pub socket_group: Option<String>,
+    /// `python_path`: the directory holding the `iron_cage` package, if set
+    /// (otherwise found next to the daemon's binary, see `cage::module`).
+    pub python_path: Option<PathBuf>,
 }
 
 /// One supervised agent, fully validated.
@@ -159,6 +162,25 @@ pub struct AgentSpec {
     pub fallback: Vec<ModelRef>,
     /// PII policy: the daemon-wide `[pii]` with this agent's `[agent.pii]` applied.
     pub pii: PiiSpec,
+    /// Set for `python = ..., script = ...` agents (then `command` is
+    /// `[python, script, args...]`, what it looks like run by hand).
+    pub python: Option<PythonAgent>,
+    /// Restart the agent when its channel is silent this long (`watchdog_secs`).
+    pub watchdog: Option<Duration>,
+}
+
+/// A Python agent: its own interpreter runs `script` with the `iron_cage`
+/// module loaded first (see `cage::module::BOOTSTRAP`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PythonAgent {
+    /// The agent's interpreter (`/srv/agent/.venv/bin/python`); a bare name is
+    /// looked up in the agent's `PATH`.
+    pub interpreter: String,
+    /// As written in the config (relative to `working_dir`, or absolute).
+    pub script: String,
+    pub args: Vec<String>,
+    /// The directory put first on `PYTHONPATH` (holds `iron_cage/`).
+    pub module_dir: PathBuf,
 }
 
 /// `provider/model`: one model of one configured provider.
@@ -326,6 +348,7 @@ mod raw {
         pub socket: Option<String>,
         pub state_dir: Option<String>,
         pub socket_group: Option<String>,
+        pub python_path: Option<Spanned<String>>,
     }
 
     #[derive(Deserialize, Default)]
@@ -410,7 +433,11 @@ mod raw {
     #[serde(deny_unknown_fields)]
     pub struct Agent {
         pub name: Spanned<ironcage_shared::AgentName>,
-        pub command: Spanned<Vec<String>>,
+        pub command: Option<Spanned<Vec<String>>>,
+        pub python: Option<Spanned<String>>,
+        pub script: Option<Spanned<String>>,
+        pub args: Option<Spanned<Vec<String>>>,
+        pub watchdog_secs: Option<Spanned<f64>>,
         pub working_dir: Option<Spanned<String>>,
         #[serde(default)]
         pub env: BTreeMap<String, String>,
@@ -570,6 +597,9 @@ impl AgentSpec {
             && self.working_dir == other.working_dir
             && self.env == other.env
             && self.inherit_env == other.inherit_env
+            && self.python == other.python
+            // The heartbeat interval is handed over at spawn.
+            && self.watchdog == other.watchdog
     }
 }
 
@@ -618,7 +648,14 @@ impl Config {
                 .state_dir
                 .map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), PathBuf::from),
             socket_group: raw.daemon.socket_group,
+            python_path: raw
+                .daemon
+                .python_path
+                .as_ref()
+                .map(|p| base_dir.join(p.get_ref())),
         };
+        // Resolved once, when the first Python agent needs it.
+        let mut python_module: Option<PathBuf> = None;
 
         let principals = |list: Vec<toml::Spanned<String>>| -> Result<Vec<Principal>, ConfigError> {
             list.into_iter()
@@ -748,14 +785,6 @@ impl Config {
             if agents.iter().any(|b| b.name == name) {
                 return Err(cx.at(name_span, format!("agent {name} is defined twice")));
             }
-            let cmd_span = a.command.span();
-            let command = a.command.into_inner();
-            if command.is_empty() || command[0].is_empty() {
-                return Err(cx.at(
-                    cmd_span,
-                    "command is empty; give an argv array such as [\"python3\", \"agent.py\"]",
-                ));
-            }
             let working_dir = match a.working_dir {
                 None => base_dir.clone(),
                 Some(w) => {
@@ -767,6 +796,103 @@ impl Config {
                         ));
                     }
                     p
+                }
+            };
+            let (command, python) = match (a.command, a.python) {
+                (Some(c), None) => {
+                    if let Some(s) = a
+                        .script
+                        .as_ref()
+                        .map(|s| s.span())
+                        .or(a.args.as_ref().map(|s| s.span()))
+                    {
+                        return Err(cx.at(s, "script and args go with python = \"...\", not with command; put them in the command array instead"));
+                    }
+                    let cmd_span = c.span();
+                    let command = c.into_inner();
+                    if command.is_empty() || command[0].is_empty() {
+                        return Err(cx.at(
+                            cmd_span,
+                            "command is empty; give an argv array such as [\"python3\", \"agent.py\"]",
+                        ));
+                    }
+                    (command, None)
+                }
+                (None, Some(py)) => {
+                    let py_span = py.span();
+                    let interpreter = py.into_inner();
+                    if interpreter.is_empty() {
+                        return Err(cx.at(py_span, "python is empty; give the agent's interpreter, e.g. \"/srv/agent/.venv/bin/python\""));
+                    }
+                    if interpreter.contains('/') {
+                        let p = working_dir.join(&interpreter);
+                        if !p.is_file() {
+                            return Err(cx.at(
+                                py_span,
+                                format!("python interpreter {} does not exist", p.display()),
+                            ));
+                        }
+                    }
+                    let Some(script) = a.script else {
+                        return Err(cx.at(
+                            py_span,
+                            "a python agent needs script = \"agent.py\" (relative to working_dir)",
+                        ));
+                    };
+                    let script_span = script.span();
+                    let script = script.into_inner();
+                    if script.is_empty() || !working_dir.join(&script).is_file() {
+                        return Err(cx.at(
+                            script_span,
+                            format!(
+                                "script {} is not a file",
+                                working_dir.join(&script).display()
+                            ),
+                        ));
+                    }
+                    let args = a.args.map(toml::Spanned::into_inner).unwrap_or_default();
+                    let module_dir = match &python_module {
+                        Some(d) => d.clone(),
+                        None => {
+                            let d = crate::cage::module::find(daemon.python_path.as_deref())
+                                .map_err(|m| match &raw.daemon.python_path {
+                                    Some(p) => cx.at(p.span(), m),
+                                    None => cx.at(py_span.clone(), m),
+                                })?;
+                            python_module = Some(d.clone());
+                            d
+                        }
+                    };
+                    let mut command = vec![interpreter.clone(), script.clone()];
+                    command.extend(args.iter().cloned());
+                    (
+                        command,
+                        Some(PythonAgent {
+                            interpreter,
+                            script,
+                            args,
+                            module_dir,
+                        }),
+                    )
+                }
+                (Some(c), Some(_)) => {
+                    return Err(cx.at(c.span(), "give either command = [...] or python = \"...\" with script = \"...\", not both"));
+                }
+                (None, None) => {
+                    return Err(cx.at(name_span, format!("agent {name} needs command = [...] or python = \"...\" with script = \"...\"")));
+                }
+            };
+            let watchdog = match a.watchdog_secs {
+                None => None,
+                Some(w) => {
+                    let x = *w.get_ref();
+                    if !(x > 0.0 && x <= 86_400.0) {
+                        return Err(cx.at(
+                            w.span(),
+                            format!("watchdog_secs = {x} must be more than 0 and at most 86400"),
+                        ));
+                    }
+                    Some(Duration::from_secs_f64(x))
                 }
             };
             for k in a.env.keys().chain(a.inherit_env.iter()) {
@@ -872,6 +998,8 @@ impl Config {
                 providers: a.providers,
                 fallback,
                 pii: agent_pii,
+                python,
+                watchdog,
             });
         }
 
@@ -1078,6 +1206,124 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.message.contains("`providers` list"), "{e}");
+    }
+
+    /// A config directory with an agent script and a complete `iron_cage` package in `py/`.
+    fn python_dir() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("agent.py"), "print('hi')\n").unwrap();
+        std::fs::create_dir_all(d.path().join("py/iron_cage")).unwrap();
+        for f in ["__init__.py", "_run.py", "_native.abi3.so"] {
+            std::fs::write(d.path().join("py/iron_cage").join(f), "").unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn python_agents() {
+        let d = python_dir();
+        let path = d.path().join("c.toml");
+        let c = Config::parse(
+            &path,
+            "[daemon]\npython_path = \"py\"\n[[agent]]\nname = \"a\"\npython = \"python3\"\nscript = \"agent.py\"\nargs = [\"--n\", \"2\"]\nwatchdog_secs = 1.5\n",
+        )
+        .unwrap();
+        let a = &c.agents[0];
+        assert_eq!(a.command, ["python3", "agent.py", "--n", "2"]);
+        let py = a.python.as_ref().unwrap();
+        assert_eq!(
+            (py.interpreter.as_str(), py.script.as_str()),
+            ("python3", "agent.py")
+        );
+        assert_eq!(py.args, ["--n", "2"]);
+        assert_eq!(py.module_dir, d.path().join("py").canonicalize().unwrap());
+        assert_eq!(a.watchdog, Some(Duration::from_millis(1500)));
+        // A plain command agent has neither.
+        let c = Config::parse(&path, "[[agent]]\nname = \"b\"\ncommand = [\"x\"]\n").unwrap();
+        assert_eq!(
+            (c.agents[0].python.as_ref(), c.agents[0].watchdog),
+            (None, None)
+        );
+    }
+
+    #[test]
+    fn python_agent_errors_are_located() {
+        let d = python_dir();
+        let path = d.path().join("c.toml");
+        let head = "[daemon]\npython_path = \"py\"\n[[agent]]\nname = \"a\"\n";
+        for (body, line, key, why) in [
+            (
+                "python = \"python3\"\nscript = \"agent.py\"\ncommand = [\"x\"]\n",
+                7,
+                "agent[0].command",
+                "not both",
+            ),
+            ("restart = \"never\"\n", 4, "agent[0].name", "needs command"),
+            (
+                "python = \"python3\"\n",
+                5,
+                "agent[0].python",
+                "needs script",
+            ),
+            (
+                "python = \"python3\"\nscript = \"nope.py\"\n",
+                6,
+                "agent[0].script",
+                "is not a file",
+            ),
+            (
+                "python = \"./nope/python\"\nscript = \"agent.py\"\n",
+                5,
+                "agent[0].python",
+                "does not exist",
+            ),
+            (
+                "command = [\"x\"]\nscript = \"agent.py\"\n",
+                6,
+                "agent[0].script",
+                "go with python",
+            ),
+            (
+                "command = [\"x\"]\nwatchdog_secs = 0\n",
+                6,
+                "agent[0].watchdog_secs",
+                "more than 0",
+            ),
+        ] {
+            let e = Config::parse(&path, &format!("{head}{body}")).unwrap_err();
+            assert_eq!((e.line, e.key.as_deref()), (Some(line), Some(key)), "{e}");
+            assert!(e.message.contains(why), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_missing_module_names_where_it_looked() {
+        let d = python_dir();
+        std::fs::remove_file(d.path().join("py/iron_cage/_native.abi3.so")).unwrap();
+        let e = Config::parse(
+            &d.path().join("c.toml"),
+            "[daemon]\npython_path = \"py\"\n[[agent]]\nname = \"a\"\npython = \"python3\"\nscript = \"agent.py\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(2), Some("daemon.python_path")),
+            "{e}"
+        );
+        assert!(e.message.contains("iron_cage module"), "{e}");
+        assert!(
+            e.message
+                .contains(&d.path().join("py").display().to_string()),
+            "{e}"
+        );
+        // Without python_path, the places next to the daemon's binary are named.
+        let e = Config::parse(
+            &d.path().join("c.toml"),
+            "[[agent]]\nname = \"a\"\npython = \"python3\"\nscript = \"agent.py\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("agent[0].python"), "{e}");
+        assert!(e.message.contains("lib/ironcage/python"), "{e}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! the gateway. Actors are reached only through handle types.
 
 pub mod actors;
+pub mod cage;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -238,7 +238,8 @@ pub fn run(opts: RunOptions, shutdown: Shutdown) -> anyhow::Result<()> {
     let result = system.block_on(async move {
         let signals = if opts.handle_signals { Some(Signals::install()?) } else { None };
         let keys = Arc::new(AgentKeys::default());
-        let env = SpawnEnv { gateway_url: Some(format!("http://{gateway_addr}")) };
+        let cage = Arc::new(crate::cage::CageServices::default());
+        let env = SpawnEnv { gateway_url: Some(format!("http://{gateway_addr}")), cage: cage.clone() };
         let supervisor = SupervisorHandle::start(env, keys.clone(), log_dir);
         let stopper = supervisor.clone();
         let on_exhausted_stop: Arc<dyn Fn(ironcage_shared::AgentName) + Send + Sync> = Arc::new(move |agent| {
@@ -258,6 +259,7 @@ pub fn run(opts: RunOptions, shutdown: Shutdown) -> anyhow::Result<()> {
             Arc::new(SystemClock),
             on_exhausted_stop,
         )?;
+        cage.set_budget(budget.clone());
         let breaker = BreakerHandle::start(BreakerConfig::from_config(&config), Arc::new(SystemClock));
         let gateway = Arc::new(Gateway::new(&config, keys, budget.clone(), breaker.clone()).map_err(anyhow::Error::msg)?.with_vault(pii_vault));
         let agents = config.agents.clone();

@@ -10,7 +10,10 @@
 //! - [`money`]: integer micro-dollars; money is never a float.
 //! - [`pricing`]: the model price table and the exact cost of a call.
 //! - [`pii`]: the PII and secrets engine (scan, redact, policies, streams).
+//! - [`agent_channel`]: what an agent's `iron_cage` module and the daemon say
+//!   over the agent's own socket (the Agent role, by construction).
 
+pub mod agent_channel;
 pub mod framing;
 pub mod ids;
 pub mod money;

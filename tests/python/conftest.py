@@ -121,6 +121,25 @@ class Cage:
         lines += [f"{k} = {toml_value(v)}" for k, v in keys.items()]
         return "\n".join(lines) + "\n"
 
+    def py_agent(self, name, script, args=(), python=None, working_dir=None, **keys):
+        """A TOML [[agent]] run as a Python agent (`python`/`script`/`args`, the
+        iron_cage module loaded first), with this venv's interpreter unless
+        `python` is given. RESULT_FILE is <dir>/<name>.json."""
+        env = dict(keys.pop("env", {}))
+        env["RESULT_FILE"] = str(self.dir / f"{name}.json")
+        lines = ["[[agent]]", f"name = {toml_value(name)}",
+                 f"python = {toml_value(python or sys.executable)}",
+                 f"script = {toml_value(str(script))}", f"args = {toml_value(list(args))}",
+                 f"env = {toml_value(env)}"]
+        if working_dir is not None:
+            lines.append(f"working_dir = {toml_value(str(working_dir))}")
+        keys.setdefault("restart", "never")
+        lines += [f"{k} = {toml_value(v)}" for k, v in keys.items()]
+        return "\n".join(lines) + "\n"
+
+    def logs(self, name, n=500):
+        return self.ctl("agents", "logs", name, "-n", str(n)).stdout
+
     def write(self, agents, extra=""):
         text = f"""
 [gateway]

@@ -55,6 +55,8 @@ BIN_DIR=$(cd "$BIN_DIR" 2>/dev/null && pwd) || fail "BIN_DIR ${BIN_DIR} does not
 for b in ironcaged ironctl; do
     [ -x "$BIN_DIR/$b" ] || fail "$BIN_DIR/$b not found; build first (cargo build -p ironcaged -p ironctl) or set BIN_DIR"
 done
+[ -f "$BIN_DIR/libiron_cage.so" ] || fail "$BIN_DIR/libiron_cage.so not found; build first (cargo build -p iron-cage-py) or set BIN_DIR"
+
 info "binaries from $BIN_DIR"
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/ironcage-systemd.XXXXXX")
@@ -93,6 +95,11 @@ expected=(
     "/etc/ironcage/ironcaged.toml.example 644"
     "/etc/ironcage/ironcaged.env 600"
     "/usr/share/doc/ironcage/rotate-secrets.example 644"
+    "/usr/lib/ironcage/python/iron_cage/__init__.py 644"
+    "/usr/lib/ironcage/python/iron_cage/__init__.pyi 644"
+    "/usr/lib/ironcage/python/iron_cage/_run.py 644"
+    "/usr/lib/ironcage/python/iron_cage/py.typed 644"
+    "/usr/lib/ironcage/python/iron_cage/_native.abi3.so 755"
 )
 for e in "${expected[@]}"; do
     set -- $e
@@ -146,6 +153,14 @@ ok "make uninstall removes everything but the operator's ironcaged.toml and iron
 out=$("$DEST/usr/bin/ironcaged" --check-config --config "$DEST/etc/ironcage/ironcaged.toml.example" 2>&1) \
     || fail "ironcaged --check-config rejects the example config: $out"
 ok "ironcaged --check-config accepts the installed example ($out)"
+
+# The installed daemon finds the installed iron_cage module on its own.
+mkdir -p "$TMP/pyagent"
+echo 'print("hi")' > "$TMP/pyagent/agent.py"
+printf '[[agent]]\nname = "py"\npython = "python3"\nscript = "agent.py"\n' > "$TMP/pyagent/c.toml"
+out=$("$DEST/usr/bin/ironcaged" --check-config --config "$TMP/pyagent/c.toml" 2>&1) \
+    || fail "the installed ironcaged does not find the installed iron_cage module: $out"
+ok "the installed ironcaged finds the iron_cage module in /usr/lib/ironcage/python"
 
 # --- 4. sysusers.d -------------------------------------------------------------
 VROOT=$TMP/root

@@ -6,14 +6,17 @@
 //! method call, tagged with a generation number so a late exit of an old process
 //! can never be mistaken for the current one.
 
+use crate::cage::{CageServices, Liveness};
 use crate::config::{AgentSpec, RestartPolicy};
 use crate::logs::AgentLogs;
 use crate::registry::{AgentKeys, StatusBoard};
 use actix::prelude::*;
+use ironcage_shared::agent_channel::{ENV_FD, ENV_HEARTBEAT_MS};
 use ironcage_shared::protocol::{AgentState, ExitInfo, StopReason, Stream};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -25,6 +28,8 @@ use tokio::sync::oneshot;
 pub struct SpawnEnv {
     /// `http://127.0.0.1:PORT`, or `None` when the gateway is not running.
     pub gateway_url: Option<String>,
+    /// What each agent's channel serves (see `crate::cage`).
+    pub cage: Arc<CageServices>,
 }
 
 /// Default `PATH` of an agent, unless its config sets one.
@@ -38,6 +43,8 @@ pub const RESERVED_ENV: &[&str] = &[
     "OPENAI_API_KEY",
     "ANTHROPIC_BASE_URL",
     "ANTHROPIC_API_KEY",
+    "IRONCAGE_FD",
+    "IRONCAGE_HEARTBEAT_MS",
 ];
 
 #[derive(Debug)]
@@ -81,6 +88,8 @@ pub struct AgentActor {
     /// An operator sent a terminating signal: its exit is a stop, not a crash.
     operator_kill: bool,
     stop_waiters: Vec<oneshot::Sender<()>>,
+    /// The current process's channel activity (the watchdog's input).
+    liveness: Option<Arc<Liveness>>,
 }
 
 impl std::fmt::Debug for AgentActor {
@@ -117,6 +126,7 @@ impl AgentActor {
             started_wall: None,
             operator_kill: false,
             stop_waiters: Vec::new(),
+            liveness: None,
         };
         a.publish();
         a
@@ -164,11 +174,24 @@ impl AgentActor {
         self.logs.push(Stream::Stderr, format!("[ironcaged] {msg}"));
     }
 
-    fn build_command(&self, key: &str) -> tokio::process::Command {
+    fn build_command(&self, key: &str, channel_fd: RawFd) -> tokio::process::Command {
         let spec = &self.spec;
-        let mut cmd = tokio::process::Command::new(&spec.command[0]);
-        cmd.args(&spec.command[1..])
-            .env_clear()
+        let mut cmd = match &spec.python {
+            None => {
+                let mut c = tokio::process::Command::new(&spec.command[0]);
+                c.args(&spec.command[1..]);
+                c
+            }
+            Some(py) => {
+                let mut c = tokio::process::Command::new(&py.interpreter);
+                c.arg("-c")
+                    .arg(crate::cage::module::BOOTSTRAP)
+                    .arg(&py.script)
+                    .args(&py.args);
+                c
+            }
+        };
+        cmd.env_clear()
             .current_dir(&spec.working_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -186,6 +209,28 @@ impl AgentActor {
         }
         cmd.envs(&spec.env);
         cmd.env("IRONCAGE_AGENT", spec.name.as_str());
+        cmd.env(ENV_FD, channel_fd.to_string());
+        if let Some(w) = spec.watchdog {
+            // Several beats per watchdog period, so one late beat is no restart.
+            let ms = (w.as_millis() as u64 / 4).clamp(10, 10_000);
+            cmd.env(ENV_HEARTBEAT_MS, ms.to_string());
+        }
+        if let Some(py) = &spec.python {
+            // The module first, then whatever the agent configured.
+            let configured = spec.env.get("PYTHONPATH").cloned().or_else(|| {
+                spec.inherit_env
+                    .iter()
+                    .any(|k| k == "PYTHONPATH")
+                    .then(|| std::env::var("PYTHONPATH").ok())
+                    .flatten()
+            });
+            let mut path = py.module_dir.as_os_str().to_owned();
+            if let Some(c) = configured.filter(|c| !c.is_empty()) {
+                path.push(":");
+                path.push(c);
+            }
+            cmd.env("PYTHONPATH", path);
+        }
         if let Some(url) = &self.env.gateway_url {
             cmd.env("OPENAI_BASE_URL", format!("{url}/v1"))
                 .env("OPENAI_API_BASE", format!("{url}/v1"))
@@ -194,10 +239,16 @@ impl AgentActor {
                 .env("ANTHROPIC_API_KEY", key);
         }
         let parent = std::process::id();
-        // SAFETY: only async-signal-safe calls (prctl, getppid, signal) run
-        // between fork and exec.
+        // SAFETY: only async-signal-safe calls (prctl, getppid, signal, fcntl)
+        // run between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
+                // The agent's end of its channel is the one descriptor it
+                // inherits (everything the daemon opens is close-on-exec, and
+                // this is cleared only here, in the child).
+                if libc::fcntl(channel_fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 // Rust ignores SIGPIPE in the daemon; agents get the default back.
                 libc::signal(libc::SIGPIPE, libc::SIG_DFL);
                 // If the daemon dies without stopping it, the agent dies too, so a
@@ -218,8 +269,25 @@ impl AgentActor {
         self.operator_kill = false;
         self.stop_reason = None;
         let key = self.keys.mint(&self.spec.name);
-        let mut cmd = self.build_command(&key);
-        match cmd.spawn() {
+        let pair = std::os::unix::net::UnixStream::pair().and_then(|(ours, theirs)| {
+            // A daemon started with stdin/out/err closed could get 0-2 here,
+            // which the child's own stdio would replace: move it above 2
+            // (`try_clone` duplicates to the lowest free number >= 3).
+            let theirs = if theirs.as_raw_fd() <= 2 {
+                theirs.try_clone()?
+            } else {
+                theirs
+            };
+            Ok((ours, theirs))
+        });
+        let spawned = match &pair {
+            Ok((_, child_end)) => self.build_command(&key, child_end.as_raw_fd()).spawn(),
+            Err(e) => Err(std::io::Error::new(
+                e.kind(),
+                format!("cannot create the agent's channel: {e}"),
+            )),
+        };
+        match spawned {
             Err(e) => {
                 self.keys.revoke(&key);
                 let msg = format!(
@@ -247,6 +315,10 @@ impl AgentActor {
             }
             Ok(mut child) => {
                 let pid = child.id().unwrap_or(0);
+                if let Ok((ours, theirs)) = pair {
+                    drop(theirs);
+                    self.start_channel(ours, generation, ctx);
+                }
                 if let Some(out) = child.stdout.take() {
                     tokio::spawn(self.logs.clone().capture(out, Stream::Stdout));
                 }
@@ -279,6 +351,71 @@ impl AgentActor {
                 }));
             }
         }
+    }
+
+    /// Serves the daemon's end of the new process's channel, and arms the
+    /// watchdog if the agent has one.
+    fn start_channel(
+        &mut self,
+        ours: std::os::unix::net::UnixStream,
+        generation: u64,
+        ctx: &mut Context<Self>,
+    ) {
+        let live = Liveness::new();
+        self.liveness = Some(live.clone());
+        match ours
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixStream::from_std(ours))
+        {
+            Ok(stream) => {
+                tokio::spawn(crate::cage::channel::serve(
+                    stream,
+                    self.spec.name.clone(),
+                    self.env.cage.clone(),
+                    live,
+                ));
+            }
+            Err(e) => {
+                self.note(format!("cannot serve the agent's channel: {e}"));
+            }
+        }
+        if self.spec.watchdog.is_some() {
+            self.schedule_watchdog(generation, ctx);
+        }
+    }
+
+    /// Checks the channel's silence a few times per watchdog period; a silent
+    /// agent is restarted (SIGTERM, SIGKILL after the grace, then a fresh start).
+    fn schedule_watchdog(&mut self, generation: u64, ctx: &mut Context<Self>) {
+        let Some(limit) = self.spec.watchdog else {
+            return;
+        };
+        let every = (limit / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        ctx.run_later(every, move |act, ctx| {
+            if act.generation != generation || !matches!(act.phase, Phase::Running { .. }) {
+                return;
+            }
+            let Some(limit) = act.spec.watchdog else {
+                return;
+            };
+            let silent = act
+                .liveness
+                .as_ref()
+                .map_or(Duration::ZERO, |l| l.silent_for());
+            if silent < limit {
+                act.schedule_watchdog(generation, ctx);
+                return;
+            }
+            let msg = format!(
+                "watchdog: no heartbeat on the agent channel for {:.1}s (watchdog_secs = {}); restarting the agent",
+                silent.as_secs_f64(),
+                limit.as_secs_f64()
+            );
+            tracing::warn!(agent = %act.spec.name, "{msg}");
+            act.note(msg);
+            act.restarts += 1;
+            drop(act.begin_stop(StopReason::Watchdog, true, ctx));
+        });
     }
 
     fn signal_group(&self, pid: u32, sig: Signal) -> nix::Result<()> {
@@ -321,6 +458,11 @@ impl AgentActor {
             self.finish_stop();
             if then_start {
                 self.spawn(ctx);
+                if reason == StopReason::Watchdog {
+                    // Keep saying why the process was replaced.
+                    self.stop_reason = Some(reason);
+                    self.publish();
+                }
             } else {
                 self.publish();
             }

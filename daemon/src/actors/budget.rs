@@ -337,6 +337,20 @@ impl BudgetHandle {
         }
     }
 
+    /// Books a cost that did not go through the gateway (`iron_cage.report_cost`
+    /// from an agent's channel): no reservation, and booked even above the
+    /// limit, since the money was already spent. Like [`Self::settle`], booked
+    /// when called; the future resolves once the record is durable.
+    pub fn book(
+        &self,
+        record: CostRecord,
+    ) -> impl Future<Output = Result<(), BudgetError>> + Send + 'static {
+        let (tx, rx) = oneshot::channel();
+        let agent = record.agent.clone();
+        self.core.settle(&agent, Micros::ZERO, record, Some(tx));
+        async move { rx.await.unwrap_or(Err(BudgetError::Unavailable)) }
+    }
+
     /// Budgets of every configured agent (sorted by name), or of one.
     pub async fn show(&self, agent: Option<AgentName>) -> Result<Vec<BudgetInfo>, BudgetError> {
         self.core.show(agent)
