@@ -6,6 +6,7 @@
 //! the gateway. Actors are reached only through handle types.
 
 pub mod actors;
+pub mod audit;
 pub mod config;
 pub mod control;
 pub mod daemon;
@@ -14,6 +15,7 @@ pub mod logs;
 pub mod notify;
 pub mod registry;
 pub mod secret;
+pub mod secrets;
 pub mod store;
 pub mod util;
 

@@ -25,6 +25,51 @@ use tokio::sync::oneshot;
 pub struct SpawnEnv {
     /// `http://127.0.0.1:PORT`, or `None` when the gateway is not running.
     pub gateway_url: Option<String>,
+    /// The secrets store and audit trail (granted secrets, lifecycle entries).
+    pub secrets: Option<crate::secrets::Secrets>,
+    /// Where per-agent credentials directories are made (runtime dir).
+    pub credentials_root: std::path::PathBuf,
+}
+
+impl SpawnEnv {
+    /// Records a lifecycle entry (queued; group-committed).
+    fn audit(&self, agent: &str, action: &str, detail: String) {
+        if let Some(s) = &self.secrets {
+            s.audit().record(
+                crate::audit::Draft::new(
+                    crate::audit::Actor::daemon(),
+                    action,
+                    agent,
+                    ironcage_shared::protocol::AuditOutcome::Ok,
+                )
+                .detail(detail),
+            );
+        }
+    }
+
+    /// Writes the agent's granted secrets; `Ok(None)` when it has none.
+    fn deliver(
+        &self,
+        spec: &AgentSpec,
+    ) -> Result<Option<crate::secrets::delivery::Delivered>, String> {
+        if spec.secrets.is_empty() {
+            return Ok(None);
+        }
+        let vault = self
+            .secrets
+            .as_ref()
+            .ok_or_else(|| crate::secrets::SecretsError::Disabled.to_string())?
+            .vault()
+            .map_err(|e| e.to_string())?;
+        crate::secrets::delivery::deliver(
+            vault,
+            spec.name.as_str(),
+            &spec.secrets,
+            &self.credentials_root,
+        )
+        .map(Some)
+        .map_err(|e| e.to_string())
+    }
 }
 
 /// Default `PATH` of an agent, unless its config sets one.
@@ -219,9 +264,26 @@ impl AgentActor {
         self.stop_reason = None;
         let key = self.keys.mint(&self.spec.name);
         let mut cmd = self.build_command(&key);
-        match cmd.spawn() {
+        let delivered = self.env.deliver(&self.spec);
+        if let Ok(Some(d)) = &delivered {
+            for (k, v) in &d.env {
+                cmd.env(k, v.expose());
+            }
+            if let Some(dir) = &d.dir {
+                cmd.env(crate::secrets::delivery::CREDENTIALS_ENV, dir);
+            }
+        }
+        let spawned = match delivered {
+            Ok(_) => cmd.spawn().map_err(|e| e.to_string()),
+            Err(e) => Err(format!("its secrets cannot be delivered: {e}")),
+        };
+        match spawned {
             Err(e) => {
                 self.keys.revoke(&key);
+                crate::secrets::delivery::remove(
+                    &self.env.credentials_root,
+                    self.spec.name.as_str(),
+                );
                 let msg = format!(
                     "cannot start {:?} in {}: {e}",
                     self.spec.command[0],
@@ -254,6 +316,11 @@ impl AgentActor {
                     tokio::spawn(self.logs.clone().capture(err, Stream::Stderr));
                 }
                 tracing::info!(agent = %self.spec.name, pid, "agent started");
+                self.env.audit(
+                    self.spec.name.as_str(),
+                    "agent started",
+                    format!("pid {pid}, restarts {}", self.restarts),
+                );
                 self.phase = Phase::Running {
                     pid,
                     started: Instant::now(),
@@ -293,6 +360,7 @@ impl AgentActor {
         if generation != self.generation {
             return;
         }
+        crate::secrets::delivery::remove(&self.env.credentials_root, self.spec.name.as_str());
         let (pid, started) = match self.phase {
             Phase::Running { pid, started } | Phase::Stopping { pid, started, .. } => {
                 (pid, started)
@@ -310,6 +378,11 @@ impl AgentActor {
             _ => "ended".to_owned(),
         };
         tracing::info!(agent = %self.spec.name, pid, "agent {how}");
+        self.env.audit(
+            self.spec.name.as_str(),
+            "agent exited",
+            format!("pid {pid} {how}"),
+        );
 
         if let Phase::Stopping {
             reason, then_start, ..
