@@ -1253,4 +1253,59 @@ mod tests {
         assert_eq!(b.period, BudgetPeriod::Week);
         assert_eq!(b.on_exhausted, OnExhausted::Stop);
     }
+
+    #[test]
+    fn secrets_section_grants_and_provider_keys() {
+        let c = parse(
+            "[secrets]\nkeep_versions = 4\nmaster_key_file = \"key\"\n\n[[provider]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"https://api.openai.com/v1\"\napi_key_secret = \"OPENAI_KEY\"\n\n[[agent]]\nname = \"a\"\ncommand = [\"x\"]\nsecrets = [\"DB\", \"TOKEN@staging\"]\nsecret_env = { STRIPE = \"STRIPE_KEY@dev\" }\n",
+        )
+        .unwrap();
+        assert_eq!(c.secrets.keep_versions, 4);
+        assert_eq!(
+            c.secrets.master_key_file,
+            Some(PathBuf::from("/etc/ironcage/key"))
+        );
+        assert_eq!(
+            c.providers[0].api_key_secret.as_ref().unwrap().to_string(),
+            "OPENAI_KEY@production"
+        );
+        let g = &c.agents[0].secrets;
+        assert_eq!(g.len(), 3);
+        assert_eq!(g[1].secret.to_string(), "TOKEN@staging");
+        assert_eq!(g[2].delivery, Delivery::Env("STRIPE".into()));
+        let base = "[[provider]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"https://x/v1\"\napi_key_secret = \"OPENAI_KEY\"\n";
+        for (extra, want) in [
+            (
+                "[[agent]]\nname = \"a\"\ncommand = [\"x\"]\nsecrets = [\"OPENAI_KEY\"]\n",
+                "agents never receive provider keys",
+            ),
+            (
+                "[[agent]]\nname = \"a\"\ncommand = [\"x\"]\nsecrets = [\"../etc\"]\n",
+                "may hold only",
+            ),
+            (
+                "[[agent]]\nname = \"a\"\ncommand = [\"x\"]\nsecrets = [\"A@qa\"]\n",
+                "unknown environment",
+            ),
+            (
+                "[[agent]]\nname = \"a\"\ncommand = [\"x\"]\nsecret_env = { OPENAI_API_KEY = \"A\" }\n",
+                "cannot carry a secret",
+            ),
+            (
+                "[[agent]]\nname = \"a\"\ncommand = [\"x\"]\ninherit_env = [\"IRON_SECRETS_MASTER_KEY\"]\n",
+                "never passed to an agent",
+            ),
+            ("[secrets]\nkeep_versions = 0\n", "between 1 and 1000"),
+        ] {
+            let e = parse(&format!("{base}{extra}")).unwrap_err().to_string();
+            assert!(e.contains(want), "{extra}: {e}");
+        }
+        let both = "[[provider]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"https://x/v1\"\napi_key_env = \"K\"\napi_key_secret = \"K\"\n";
+        assert!(
+            parse(both)
+                .unwrap_err()
+                .to_string()
+                .contains("keep exactly one")
+        );
+    }
 }

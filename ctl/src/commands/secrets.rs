@@ -67,8 +67,8 @@ pub enum SecretsCommand {
         #[command(flatten)]
         env: EnvArg,
         /// A kept older version instead of the current one.
-        #[arg(long)]
-        version: Option<u32>,
+        #[arg(long = "at-version", value_name = "N")]
+        at_version: Option<u32>,
     },
     /// Store a new version of a secret (never give the value as an argument).
     Set {
@@ -94,7 +94,8 @@ pub enum SecretsCommand {
     Rollback {
         name: String,
         /// The version to return to (see `secrets versions`).
-        version: u32,
+        #[arg(value_name = "VERSION")]
+        to_version: u32,
         #[command(flatten)]
         env: EnvArg,
     },
@@ -159,7 +160,11 @@ fn read_value(stdin: bool, file: Option<&Path>) -> anyhow::Result<SecretValue> {
 pub fn run(ctx: &Ctx, c: SecretsCommand) -> anyhow::Result<()> {
     match c {
         SecretsCommand::List { env } => list(ctx, env),
-        SecretsCommand::Get { name, env, version } => get(ctx, name, env.env, version),
+        SecretsCommand::Get {
+            name,
+            env,
+            at_version,
+        } => get(ctx, name, env.env, at_version),
         SecretsCommand::Set { name, env, source } => {
             let value = read_value(source.value_stdin, source.from_file.as_deref())?;
             mutate(
@@ -180,12 +185,16 @@ pub fn run(ctx: &Ctx, c: SecretsCommand) -> anyhow::Result<()> {
             }),
         ),
         SecretsCommand::Versions { name, env } => versions(ctx, name, env.env),
-        SecretsCommand::Rollback { name, version, env } => mutate(
+        SecretsCommand::Rollback {
+            name,
+            to_version,
+            env,
+        } => mutate(
             ctx,
             Request::SecretRollback(SecretRollbackRequest {
                 name,
                 env: env.env,
-                version,
+                version: to_version,
             }),
         ),
         SecretsCommand::Reload => mutate(ctx, Request::SecretsReload),
@@ -351,4 +360,47 @@ fn export(
         _ => output::emit(&format!("{}\n", doc.expose()))?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct T {
+        #[command(subcommand)]
+        c: super::SecretsCommand,
+    }
+
+    #[test]
+    fn every_subcommand_parses_and_values_never_come_from_argv() {
+        for args in [
+            &["t", "list", "--env", "staging"][..],
+            &["t", "get", "K", "--at-version", "2", "-e", "dev"],
+            &["t", "set", "K", "--value-stdin"],
+            &["t", "set", "K", "--from-file", "/x"],
+            &["t", "rm", "K"],
+            &["t", "versions", "K"],
+            &["t", "rollback", "K", "3", "--env", "production"],
+            &["t", "reload"],
+            &["t", "rekey", "--new-key-stdin"],
+            &[
+                "t", "export", "--format", "flat", "--env", "staging", "-o", "/tmp/x",
+            ],
+            &["t", "import", "-", "--format", "vault-kv2"],
+        ] {
+            T::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
+        for bad in [
+            &["t", "set", "K"][..],
+            &["t", "set", "K", "the-value"],
+            &["t", "set", "K", "--value-stdin", "--from-file", "/x"],
+            &["t", "rekey"],
+            &["t", "list", "--env", "qa"],
+            &["t", "set", "K", "--value", "x"],
+        ] {
+            assert!(T::try_parse_from(bad).is_err(), "{bad:?} parsed");
+        }
+    }
 }

@@ -62,6 +62,10 @@ pub enum SecretsError {
         env: SecretEnv,
         version: u32,
     },
+    #[error(
+        "agent {agent} is not granted the secret {name}; add it to the agent's `secrets` or `secret_env` in the config"
+    )]
+    NotGranted { agent: String, name: String },
     #[error("{0}")]
     Invalid(String),
     #[error("the secrets store is damaged: {0}; restore the state directory from a backup")]

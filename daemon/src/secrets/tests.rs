@@ -575,3 +575,107 @@ fn export_import_round_trip_is_identical() {
         assert!(!e.contains("sk-secret-text"), "{e}");
     }
 }
+
+#[test]
+fn agents_read_only_their_grants_and_every_read_is_recorded() {
+    use crate::config::{Delivery, SecretGrant, SecretRef};
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), Some(KEY_A)).unwrap();
+    let v = s.vault().unwrap();
+    v.set(&admin(), "DB", Staging, "db-staging").unwrap();
+    v.set(&admin(), "OTHER", Production, "not-yours").unwrap();
+    let grants = vec![SecretGrant {
+        secret: SecretRef {
+            name: "DB".into(),
+            env: Staging,
+        },
+        delivery: Delivery::File,
+    }];
+    assert_eq!(
+        v.read_for_agent("bot", &grants, "DB").unwrap().expose(),
+        "db-staging"
+    );
+    let e = v.read_for_agent("bot", &grants, "OTHER").unwrap_err();
+    assert!(matches!(e, SecretsError::NotGranted { .. }), "{e}");
+    let entries = s.audit().log().entries(None, 100).unwrap();
+    let reads: Vec<_> = entries
+        .iter()
+        .filter(|e| e.action == "secret read")
+        .collect();
+    assert_eq!(reads.len(), 2);
+    assert_eq!(
+        (reads[0].outcome, reads[0].actor_agent.as_deref()),
+        (ironcage_shared::protocol::AuditOutcome::Ok, Some("bot"))
+    );
+    assert!(reads[0].detail.starts_with("hmac-sha256:"));
+    assert_eq!(
+        reads[1].outcome,
+        ironcage_shared::protocol::AuditOutcome::Denied
+    );
+}
+
+#[test]
+fn delivery_writes_private_files_replaces_them_atomically_and_cleans_up() {
+    use crate::config::{Delivery, SecretGrant, SecretRef};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("run/credentials");
+    let s = open(&dir.path().join("state"), Some(KEY_A)).unwrap();
+    let v = s.vault().unwrap();
+    v.set(&admin(), "TOKEN", Production, "token-1").unwrap();
+    v.set(&admin(), "PASS", Production, "pass-1").unwrap();
+    let g = |name: &str, d: Delivery| SecretGrant {
+        secret: SecretRef {
+            name: name.into(),
+            env: Production,
+        },
+        delivery: d,
+    };
+    let grants = vec![
+        g("TOKEN", Delivery::File),
+        g("PASS", Delivery::Env("DB_PASS".into())),
+    ];
+    let d = delivery::deliver(v, "bot", &grants, &root).unwrap();
+    let agent_dir = d.dir.clone().unwrap();
+    assert_eq!(
+        std::fs::metadata(&agent_dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let f = agent_dir.join("TOKEN");
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "token-1");
+    assert_eq!(
+        std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+        0o400
+    );
+    assert_eq!(d.env.len(), 1);
+    assert_eq!(
+        (d.env[0].0.as_str(), d.env[0].1.expose()),
+        ("DB_PASS", "pass-1")
+    );
+    assert!(!agent_dir.join("PASS").exists(), "env grants are not files");
+    // Rotation: a reader holding the old file keeps it; the path gets the new one.
+    let held = std::fs::File::open(&f).unwrap();
+    v.set(&admin(), "TOKEN", Production, "token-2").unwrap();
+    assert_eq!(delivery::refresh(v, "bot", &grants, &root).unwrap(), 1);
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "token-2");
+    assert_eq!(std::io::read_to_string(held).unwrap(), "token-1");
+    let leftovers: Vec<_> = std::fs::read_dir(&agent_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    // A grant missing from the store fails with nothing rewritten.
+    v.remove(&admin(), "TOKEN", Production).unwrap();
+    assert!(
+        delivery::refresh(v, "bot", &grants, &root)
+            .unwrap_err()
+            .to_string()
+            .contains("not in the store")
+    );
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "token-2");
+    delivery::remove(&root, "bot");
+    assert!(!agent_dir.exists());
+    // Not running: refresh does not create a directory.
+    assert_eq!(delivery::refresh(v, "bot", &grants, &root).unwrap(), 0);
+    assert!(!agent_dir.exists());
+}

@@ -550,6 +550,39 @@ impl Vault {
         Ok((v, s))
     }
 
+    /// `iron_cage.secret(name)` from an agent's own channel: the current value
+    /// of a secret granted to `agent` (by name; the grant fixes the
+    /// environment). A name not granted is refused and the refusal recorded;
+    /// a read is recorded with an HMAC of the value, durably, before it is
+    /// returned. Blocks.
+    pub fn read_for_agent(
+        &self,
+        agent: &str,
+        grants: &[crate::config::SecretGrant],
+        name: &str,
+    ) -> Result<SecretString, SecretsError> {
+        let actor = Actor::agent(agent);
+        let Some(g) = grants.iter().find(|g| g.secret.name == name) else {
+            self.audit.record_durable_blocking(
+                Draft::new(actor, "secret read", name, AuditOutcome::Denied)
+                    .detail("not granted to this agent"),
+            )?;
+            return Err(SecretsError::NotGranted {
+                agent: agent.to_owned(),
+                name: name.to_owned(),
+            });
+        };
+        let value = self.read_current(&g.secret.name, g.secret.env)?;
+        let mac = self
+            .log()
+            .value_mac(value.expose().as_bytes())
+            .unwrap_or_default();
+        self.audit.record_durable_blocking(
+            Draft::new(actor, "secret read", g.secret.to_string(), AuditOutcome::Ok).detail(mac),
+        )?;
+        Ok(value)
+    }
+
     /// Every secret (or those of `env`) with metadata and a masked value.
     pub fn list(&self, env: Option<SecretEnv>) -> Result<Vec<SecretInfo>, SecretsError> {
         let store = self.store();
