@@ -315,6 +315,7 @@ pub fn run(opts: RunOptions, shutdown: Shutdown) -> anyhow::Result<()> {
             on_exhausted_stop,
         )?;
         let breaker = BreakerHandle::start(BreakerConfig::from_config(&config), Arc::new(SystemClock));
+        breaker.set_audit(secrets.audit().clone());
         let gateway = Arc::new(Gateway::with_secrets(&config, keys, budget.clone(), breaker.clone(), Some(secrets.clone())).map_err(anyhow::Error::msg)?);
         let agents = config.agents.clone();
         let daemon = Arc::new(Daemon::new(paths, config, supervisor.clone(), budget.clone(), breaker, gateway.clone(), Some(gateway_addr), secrets.clone()));
