@@ -175,6 +175,9 @@ impl Daemon {
             .apply(new.agents.clone())
             .await
             .map_err(|e| e.to_string())?;
+        if let Ok(v) = self.secrets.vault() {
+            v.set_keep_versions(new.secrets.keep_versions);
+        }
         *self.config.write().expect("config lock") = Arc::new(new);
         *self.config_loaded_at.write().expect("config lock") = crate::util::unix_secs();
         Ok(summary)
