@@ -959,4 +959,75 @@ mod tests {
         let bytes = postcard::to_stdvec(&Fake::AgentStatus("../etc".into())).unwrap();
         assert!(postcard::from_bytes::<Request>(&bytes).is_err());
     }
+
+    #[test]
+    fn secrets_requests_roundtrip_never_print_values_and_need_the_right_role() {
+        let v = SecretValue::new("sk-live-very-secret".into());
+        let reqs = vec![
+            Request::SecretsList(SecretsListRequest { env: None }),
+            Request::SecretGet(SecretRef {
+                name: "K".into(),
+                env: SecretEnv::Staging,
+                version: Some(2),
+            }),
+            Request::SecretSet(SecretSetRequest {
+                name: "K".into(),
+                env: SecretEnv::Production,
+                value: v.clone(),
+            }),
+            Request::SecretsRekey(SecretsRekeyRequest {
+                new_master_key: v.clone(),
+            }),
+            Request::SecretsImport(SecretsImportRequest {
+                format: Some(SecretsFormat::Flat),
+                env: SecretEnv::Development,
+                document: v.clone(),
+            }),
+            Request::SecretsExport(SecretsExportRequest {
+                format: SecretsFormat::VaultKv2,
+                env: None,
+            }),
+            Request::AuditTail(AuditTailRequest {
+                after: Some(3),
+                limit: 10,
+                wait_ms: 0,
+            }),
+            Request::AuditVerify,
+        ];
+        for r in &reqs {
+            let f = framing::encode(r).unwrap();
+            let back: Request = framing::decode(&f[framing::HEADER_LEN..]).unwrap();
+            assert_eq!(&back, r);
+            assert!(!format!("{r:?}").contains("very-secret"), "{r:?}");
+        }
+        let admin_only: Vec<bool> = reqs.iter().map(Request::requires_admin).collect();
+        assert_eq!(
+            admin_only,
+            vec![false, true, true, true, true, true, false, false]
+        );
+        assert!(
+            Request::SecretSet(SecretSetRequest {
+                name: "K".into(),
+                env: SecretEnv::Production,
+                value: v
+            })
+            .is_mutation()
+        );
+        assert!(
+            !Request::SecretGet(SecretRef {
+                name: "K".into(),
+                env: SecretEnv::Production,
+                version: None
+            })
+            .is_mutation()
+        );
+        for ok in ["OPENAI_KEY", "db.password", "a-b_c", "9lives"] {
+            assert!(check_secret_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "../x", "a/b", ".hidden", "-x", "a b", &"x".repeat(129)] {
+            assert!(check_secret_name(bad).is_err(), "{bad}");
+        }
+        assert_eq!("prod".parse::<SecretEnv>(), Ok(SecretEnv::Production));
+        assert!("qa".parse::<SecretEnv>().is_err());
+    }
 }
