@@ -144,6 +144,34 @@ fn main() -> anyhow::Result<()> {
         target: "-",
     });
 
+    // A burst of lifecycle entries (1,000 agents starting), then one durable
+    // entry: the writer thread group-commits the queue in a few transactions.
+    let (p50, p99) = time(20, || {
+        let audit = s.audit();
+        for i in 0..1000 {
+            audit.record(ironcaged::audit::Draft::new(
+                Actor::daemon(),
+                "agent started",
+                format!("agent-{i}"),
+                ironcage_shared::protocol::AuditOutcome::Ok,
+            ));
+        }
+        audit.record_durable_blocking(ironcaged::audit::Draft::new(
+            Actor::daemon(),
+            "burst done",
+            "",
+            ironcage_shared::protocol::AuditOutcome::Ok,
+        ))?;
+        Ok(())
+    })?;
+    figures.push(Figure {
+        name: "1,000 audit entries queued + durable",
+        n: 20,
+        p50,
+        p99,
+        target: "-",
+    });
+
     let runtime = match &args.runtime_dir {
         Some(d) => d.clone(),
         None if std::path::Path::new("/dev/shm").is_dir() => std::path::PathBuf::from("/dev/shm"),

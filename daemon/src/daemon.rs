@@ -92,10 +92,18 @@ impl Daemon {
             let root = self.paths.credentials_root();
             let agents = config.agents.clone();
             let files = tokio::task::spawn_blocking(move || {
-                let mut n = 0;
+                // Every agent's values first: a missing one changes no file.
+                let mut pending = Vec::new();
                 for a in &agents {
-                    n += crate::secrets::delivery::refresh(&vault, a.name.as_str(), &a.secrets, &root)
-                        .map_err(|e| e.to_string())?;
+                    if let Some(r) = crate::secrets::delivery::prepare_refresh(&vault, a.name.as_str(), &a.secrets, &root)
+                        .map_err(|e| e.to_string())?
+                    {
+                        pending.push(r);
+                    }
+                }
+                let mut n = 0;
+                for r in pending {
+                    n += r.apply().map_err(|e| e.to_string())?;
                 }
                 Ok::<usize, String>(n)
             })

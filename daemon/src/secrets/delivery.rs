@@ -136,15 +136,30 @@ fn read_all(
     Ok(values)
 }
 
-/// Rewrites the file grants of a running agent in place (rotation). Does
-/// nothing if the agent has no directory (not running). Reads everything first:
-/// a missing secret changes no file.
-pub fn refresh(
+/// New values for one running agent's files, read and not yet written.
+pub struct Refresh {
+    dir: PathBuf,
+    files: Vec<(String, SecretString)>,
+}
+
+impl std::fmt::Debug for Refresh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Refresh")
+            .field("dir", &self.dir)
+            .field("files", &self.files.len())
+            .finish()
+    }
+}
+
+/// Reads the current values of a running agent's file grants (rotation);
+/// `None` when it has no directory (not running) or no file grants. Writes
+/// nothing, so a reload can read every agent's values before changing any.
+pub fn prepare_refresh(
     vault: &Vault,
     agent: &str,
     grants: &[SecretGrant],
     root: &Path,
-) -> Result<usize, SecretsError> {
+) -> Result<Option<Refresh>, SecretsError> {
     let dir = agent_dir(root, agent);
     let files: Vec<SecretGrant> = grants
         .iter()
@@ -152,25 +167,51 @@ pub fn refresh(
         .cloned()
         .collect();
     if files.is_empty() || !dir.is_dir() {
-        return Ok(0);
+        return Ok(None);
     }
     let values = read_all(vault, agent, &files)?;
-    let mut n = 0;
-    for (g, v) in files.iter().zip(values) {
-        match write_atomic(&dir, &g.secret.name, v.expose().as_bytes()) {
-            Ok(()) => n += 1,
-            // The agent exited meanwhile and its directory went with it.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(n),
-            Err(e) => {
-                return Err(io(format!(
-                    "cannot write {} into {}",
-                    g.secret.name,
-                    dir.display()
-                ))(e));
+    Ok(Some(Refresh {
+        dir,
+        files: files
+            .into_iter()
+            .map(|g| g.secret.name)
+            .zip(values)
+            .collect(),
+    }))
+}
+
+impl Refresh {
+    /// Replaces each file atomically; returns how many. An agent that exited
+    /// meanwhile (its directory gone) is not an error.
+    pub fn apply(self) -> Result<usize, SecretsError> {
+        let mut n = 0;
+        for (name, v) in &self.files {
+            match write_atomic(&self.dir, name, v.expose().as_bytes()) {
+                Ok(()) => n += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(n),
+                Err(e) => {
+                    return Err(io(format!(
+                        "cannot write {name} into {}",
+                        self.dir.display()
+                    ))(e));
+                }
             }
         }
+        Ok(n)
     }
-    Ok(n)
+}
+
+/// [`prepare_refresh`] then [`Refresh::apply`] for one agent.
+pub fn refresh(
+    vault: &Vault,
+    agent: &str,
+    grants: &[SecretGrant],
+    root: &Path,
+) -> Result<usize, SecretsError> {
+    match prepare_refresh(vault, agent, grants, root)? {
+        Some(r) => r.apply(),
+        None => Ok(0),
+    }
 }
 
 /// Removes the agent's directory (it exited).
