@@ -329,13 +329,22 @@ fn canary_reaches_only_its_agent_and_never_logs_audit_raw_file_or_daemon_env() {
     let file = std::path::Path::new(&dir).join("CANARY");
     set(&d, "CANARY", "production", &format!("{CANARY}-v2"));
     d.ctl_ok(&["secrets", "reload"]);
-    assert_eq!(std::fs::read_to_string(&file).unwrap(), format!("{CANARY}-v2"));
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        format!("{CANARY}-v2")
+    );
     d.ctl_ok(&["secrets", "rm", "CANARY"]);
     let out = d.ctl(&["secrets", "reload"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("stay") && err.contains("not in the store"), "{err}");
-    assert_eq!(std::fs::read_to_string(&file).unwrap(), format!("{CANARY}-v2"));
+    assert!(
+        err.contains("stay") && err.contains("not in the store"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        format!("{CANARY}-v2")
+    );
 
     // The agent's directory goes when it stops.
     d.ctl_ok(&["agents", "stop", "holder"]);
