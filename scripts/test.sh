@@ -19,6 +19,8 @@ command -v systemd-analyze >/dev/null 2>&1 || need_pkgs+=(systemd)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 command -v make >/dev/null 2>&1 || need_pkgs+=(make)
 command -v cc >/dev/null 2>&1 || need_pkgs+=(gcc)
+# The secrets rotation e2e test calls the gateway from a shell agent with curl.
+command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     step "installing Debian packages: ${need_pkgs[*]}"
     apt_install "${need_pkgs[@]}"

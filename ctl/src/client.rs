@@ -124,6 +124,12 @@ fn response_name(r: &Response) -> &'static str {
         Response::LogLines(_) => "log lines",
         Response::Budgets(_) => "budgets",
         Response::Costs(_) => "costs",
+        Response::Secrets(_) => "secrets",
+        Response::SecretValue(_) => "secret value",
+        Response::SecretVersions(_) => "secret versions",
+        Response::SecretsDocument(_) => "secrets document",
+        Response::AuditEntries(_) => "audit entries",
+        Response::AuditVerify(_) => "audit verify",
         _ => "unknown",
     }
 }

@@ -74,6 +74,12 @@ enum Command {
     /// Personal data and secrets: scan a file locally (no daemon needed).
     #[command(subcommand)]
     Pii(commands::pii::PiiCommand),
+    /// Encrypted secrets: list, get, set, rotate, rekey, export/import.
+    #[command(subcommand)]
+    Secrets(commands::secrets::SecretsCommand),
+    /// The tamper-evident audit trail: tail, verify, export.
+    #[command(subcommand)]
+    Audit(commands::audit::AuditCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -258,6 +264,8 @@ fn run(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
             CircuitsCommand::Reset { circuit } => circuits::reset(ctx, circuit),
         },
         Command::Pii(c) => commands::pii::run(ctx, c),
+        Command::Secrets(c) => commands::secrets::run(ctx, c),
+        Command::Audit(c) => commands::audit::run(ctx, c),
     }
 }
 

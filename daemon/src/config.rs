@@ -167,6 +167,8 @@ pub struct AgentSpec {
     pub python: Option<PythonAgent>,
     /// Restart the agent when its channel is silent this long (`watchdog_secs`).
     pub watchdog: Option<Duration>,
+    /// Secrets this agent receives (files by default, env vars where asked).
+    pub secrets: Vec<SecretGrant>,
 }
 
 /// A Python agent: its own interpreter runs `script` with the `iron_cage`
@@ -261,6 +263,64 @@ pub struct ProviderSpec {
     pub api_key_env: Option<String>,
     /// `[breaker]` with this provider's overrides applied.
     pub breaker: BreakerSettings,
+    /// The secret in the store holding the real API key (instead of
+    /// `api_key_env`); the gateway reads it, agents never receive it.
+    pub api_key_secret: Option<SecretRef>,
+}
+
+/// `NAME` or `NAME@environment` (production when not given): one secret.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SecretRef {
+    pub name: String,
+    pub env: ironcage_shared::protocol::SecretEnv,
+}
+
+impl fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.name, self.env)
+    }
+}
+
+impl std::str::FromStr for SecretRef {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, env) = match s.split_once('@') {
+            Some((n, e)) => (n, e.parse()?),
+            None => (s, ironcage_shared::protocol::SecretEnv::Production),
+        };
+        ironcage_shared::protocol::check_secret_name(name)?;
+        Ok(SecretRef {
+            name: name.to_owned(),
+            env,
+        })
+    }
+}
+
+/// How a granted secret reaches an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// A 0400 file named after the secret in `$IRONCAGE_CREDENTIALS_DIRECTORY`.
+    File,
+    /// An environment variable of this name.
+    Env(String),
+}
+
+/// One secret an agent may read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretGrant {
+    pub secret: SecretRef,
+    pub delivery: Delivery,
+}
+
+/// `[secrets]`: where the master key comes from, and versioning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretsSection {
+    /// A file holding the master key (mode 0600 or stricter).
+    pub master_key_file: Option<PathBuf>,
+    /// systemd credential name looked up in `$CREDENTIALS_DIRECTORY`.
+    pub credential: String,
+    /// Versions kept per secret (at least 1).
+    pub keep_versions: u32,
 }
 
 impl fmt::Debug for ProviderSpec {
@@ -271,6 +331,7 @@ impl fmt::Debug for ProviderSpec {
             .field("kind", &self.kind)
             .field("base_url", &self.base_url)
             .field("api_key_env", &self.api_key_env)
+            .field("api_key_secret", &self.api_key_secret)
             .field("breaker", &self.breaker)
             .finish()
     }
@@ -315,6 +376,8 @@ pub struct Config {
     pub agents: Vec<AgentSpec>,
     /// `[pii]`: the daemon-wide PII settings every agent starts from.
     pub pii: PiiSpec,
+    /// `[secrets]`.
+    pub secrets: SecretsSection,
 }
 
 mod raw {
@@ -340,6 +403,16 @@ mod raw {
         #[serde(default)]
         pub agent: Vec<Agent>,
         pub pii: Option<super::pii::raw::Pii>,
+        #[serde(default)]
+        pub secrets: Secrets,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Secrets {
+        pub master_key_file: Option<String>,
+        pub credential: Option<String>,
+        pub keep_versions: Option<Spanned<u32>>,
     }
 
     #[derive(Deserialize, Default)]
@@ -395,6 +468,7 @@ mod raw {
         pub kind: Kind,
         pub base_url: Spanned<String>,
         pub api_key_env: Option<String>,
+        pub api_key_secret: Option<Spanned<String>>,
         pub breaker: Option<Breaker>,
     }
 
@@ -459,6 +533,12 @@ mod raw {
         #[serde(default)]
         pub fallback: Vec<Spanned<String>>,
         pub pii: Option<super::pii::raw::Pii>,
+        /// `["NAME", "NAME@staging"]`: delivered as files.
+        #[serde(default)]
+        pub secrets: Vec<Spanned<String>>,
+        /// `{ VAR = "NAME[@env]" }`: delivered as environment variables.
+        #[serde(default)]
+        pub secret_env: BTreeMap<String, Spanned<String>>,
     }
 }
 
@@ -761,7 +841,25 @@ impl Config {
                     format!("base_url {base_url:?} must start with http:// or https://"),
                 ));
             }
+            let api_key_secret = match p.api_key_secret {
+                None => None,
+                Some(sp) => {
+                    let span = sp.span();
+                    Some(
+                        sp.into_inner()
+                            .parse::<SecretRef>()
+                            .map_err(|m| cx.at(span, m))?,
+                    )
+                }
+            };
+            if api_key_secret.is_some() && p.api_key_env.is_some() {
+                return Err(cx.at(
+                    span,
+                    format!("provider {name:?} sets both api_key_env and api_key_secret; keep exactly one"),
+                ));
+            }
             providers.push(ProviderSpec {
+                api_key_secret,
                 name,
                 kind: match p.kind {
                     raw::Kind::Openai => ProviderKind::OpenAi,
@@ -973,6 +1071,70 @@ impl Config {
                 }
                 fallback.push(m);
             }
+            let mut grants: Vec<SecretGrant> = Vec::new();
+            let idx = agents.len();
+            let provider_key = |r: &SecretRef| {
+                providers
+                    .iter()
+                    .any(|p| p.api_key_secret.as_ref() == Some(r))
+            };
+            for g in a.secrets {
+                let span = g.span();
+                let r: SecretRef = g.into_inner().parse().map_err(|m| cx.at(span.clone(), m))?;
+                if provider_key(&r) {
+                    return Err(cx.at(span, format!("{r} is a provider API key (api_key_secret); agents never receive provider keys, the gateway injects them")));
+                }
+                if grants
+                    .iter()
+                    .any(|x| x.delivery == Delivery::File && x.secret.name == r.name)
+                {
+                    return Err(cx.at(span, format!("{} is granted twice as a file", r.name)));
+                }
+                grants.push(SecretGrant {
+                    secret: r,
+                    delivery: Delivery::File,
+                });
+            }
+            for (var, g) in a.secret_env {
+                let span = g.span();
+                let r: SecretRef = g.into_inner().parse().map_err(|m| cx.at(span.clone(), m))?;
+                if provider_key(&r) {
+                    return Err(cx.at(span, format!("{r} is a provider API key (api_key_secret); agents never receive provider keys, the gateway injects them")));
+                }
+                if var.is_empty()
+                    || var.contains('=')
+                    || var.contains('\0')
+                    || crate::actors::agent::RESERVED_ENV.contains(&var.as_str())
+                    || var == crate::secrets::delivery::CREDENTIALS_ENV
+                {
+                    return Err(cx.plain(
+                        &format!("agent[{idx}].secret_env"),
+                        format!("{var:?} cannot carry a secret (reserved or not a variable name)"),
+                    ));
+                }
+                if a.env.contains_key(&var) || a.inherit_env.contains(&var) {
+                    return Err(cx.plain(
+                        &format!("agent[{idx}].secret_env"),
+                        format!("{var} is also set by `env` or `inherit_env`; keep one"),
+                    ));
+                }
+                grants.push(SecretGrant {
+                    secret: r,
+                    delivery: Delivery::Env(var),
+                });
+            }
+            if a.inherit_env
+                .iter()
+                .any(|v| v == crate::secrets::master::ENV_VAR)
+            {
+                return Err(cx.plain(
+                    &format!("agent[{idx}].inherit_env"),
+                    format!(
+                        "{} is the daemon's master key; it is never passed to an agent",
+                        crate::secrets::master::ENV_VAR
+                    ),
+                ));
+            }
             let backoff_initial = Duration::from_millis(a.backoff_initial_ms.unwrap_or(500).max(1));
             let backoff_max =
                 Duration::from_secs(a.backoff_max_secs.unwrap_or(60)).max(backoff_initial);
@@ -1000,10 +1162,27 @@ impl Config {
                 pii: agent_pii,
                 python,
                 watchdog,
+                secrets: grants,
             });
         }
 
+        let secrets = SecretsSection {
+            master_key_file: raw.secrets.master_key_file.map(|p| base_dir.join(p)),
+            credential: raw
+                .secrets
+                .credential
+                .unwrap_or_else(|| crate::secrets::master::DEFAULT_CREDENTIAL.to_owned()),
+            keep_versions: match raw.secrets.keep_versions {
+                None => crate::secrets::DEFAULT_KEEP_VERSIONS,
+                Some(k) if *k.get_ref() == 0 || *k.get_ref() > 1000 => {
+                    return Err(cx.at(k.span(), "keep_versions must be between 1 and 1000"));
+                }
+                Some(k) => k.into_inner(),
+            },
+        };
+
         Ok(Config {
+            secrets,
             path: path.to_owned(),
             daemon,
             access,
@@ -1333,5 +1512,60 @@ mod tests {
         assert_eq!(b.limit, Micros(100_000));
         assert_eq!(b.period, BudgetPeriod::Week);
         assert_eq!(b.on_exhausted, OnExhausted::Stop);
+    }
+
+    #[test]
+    fn secrets_section_grants_and_provider_keys() {
+        let c = parse(
+            "[secrets]\nkeep_versions = 4\nmaster_key_file = \"key\"\n\n[[provider]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"https://api.openai.com/v1\"\napi_key_secret = \"OPENAI_KEY\"\n\n[[agent]]\nname = \"a\"\ncommand = [\"x\"]\nsecrets = [\"DB\", \"TOKEN@staging\"]\nsecret_env = { STRIPE = \"STRIPE_KEY@dev\" }\n",
+        )
+        .unwrap();
+        assert_eq!(c.secrets.keep_versions, 4);
+        assert_eq!(
+            c.secrets.master_key_file,
+            Some(PathBuf::from("/etc/ironcage/key"))
+        );
+        assert_eq!(
+            c.providers[0].api_key_secret.as_ref().unwrap().to_string(),
+            "OPENAI_KEY@production"
+        );
+        let g = &c.agents[0].secrets;
+        assert_eq!(g.len(), 3);
+        assert_eq!(g[1].secret.to_string(), "TOKEN@staging");
+        assert_eq!(g[2].delivery, Delivery::Env("STRIPE".into()));
+        let base = "[[provider]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"https://x/v1\"\napi_key_secret = \"OPENAI_KEY\"\n";
+        for (extra, want) in [
+            (
+                "[[agent]]\nname = \"a\"\ncommand = [\"x\"]\nsecrets = [\"OPENAI_KEY\"]\n",
+                "agents never receive provider keys",
+            ),
+            (
+                "[[agent]]\nname = \"a\"\ncommand = [\"x\"]\nsecrets = [\"../etc\"]\n",
+                "may hold only",
+            ),
+            (
+                "[[agent]]\nname = \"a\"\ncommand = [\"x\"]\nsecrets = [\"A@qa\"]\n",
+                "unknown environment",
+            ),
+            (
+                "[[agent]]\nname = \"a\"\ncommand = [\"x\"]\nsecret_env = { OPENAI_API_KEY = \"A\" }\n",
+                "cannot carry a secret",
+            ),
+            (
+                "[[agent]]\nname = \"a\"\ncommand = [\"x\"]\ninherit_env = [\"IRON_SECRETS_MASTER_KEY\"]\n",
+                "never passed to an agent",
+            ),
+            ("[secrets]\nkeep_versions = 0\n", "between 1 and 1000"),
+        ] {
+            let e = parse(&format!("{base}{extra}")).unwrap_err().to_string();
+            assert!(e.contains(want), "{extra}: {e}");
+        }
+        let both = "[[provider]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"https://x/v1\"\napi_key_env = \"K\"\napi_key_secret = \"K\"\n";
+        assert!(
+            parse(both)
+                .unwrap_err()
+                .to_string()
+                .contains("keep exactly one")
+        );
     }
 }

@@ -20,6 +20,17 @@ pub struct Paths {
     pub state_dir: PathBuf,
 }
 
+impl Paths {
+    /// Where agents' credentials directories go: next to the socket (the
+    /// runtime directory, a tmpfs under systemd), never the state directory.
+    pub fn credentials_root(&self) -> PathBuf {
+        self.socket.parent().map_or_else(
+            || self.state_dir.join("credentials"),
+            |d| d.join("credentials"),
+        )
+    }
+}
+
 #[derive(Debug)]
 pub struct Daemon {
     pub paths: Paths,
@@ -34,9 +45,12 @@ pub struct Daemon {
     pub daemon_uid: u32,
     /// Serializes reloads (SIGHUP and `ironctl daemon reload` may race).
     reload_lock: tokio::sync::Mutex<()>,
+    /// The secrets store (maybe disabled) and the audit trail.
+    pub secrets: crate::secrets::Secrets,
 }
 
 impl Daemon {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         paths: Paths,
         config: Config,
@@ -45,6 +59,7 @@ impl Daemon {
         breaker: BreakerHandle,
         gateway: Arc<Gateway>,
         gateway_addr: Option<SocketAddr>,
+        secrets: crate::secrets::Secrets,
     ) -> Self {
         Daemon {
             paths,
@@ -58,7 +73,64 @@ impl Daemon {
             gateway_addr,
             daemon_uid: nix::unistd::geteuid().as_raw(),
             reload_lock: tokio::sync::Mutex::new(()),
+            secrets,
         }
+    }
+
+    /// Rotation (`ironctl secrets reload`, SIGUSR1): rebuilds the gateway's
+    /// provider keys from the store (calls in flight finish on the old ones)
+    /// and rewrites running agents' credential files atomically. Everything is
+    /// read before anything changes: a failure keeps the old state.
+    pub async fn reload_secrets(&self, actor: &crate::audit::Actor) -> Result<String, String> {
+        use crate::audit::Draft;
+        use ironcage_shared::protocol::AuditOutcome;
+        let _guard = self.reload_lock.lock().await;
+        let config = self.config();
+        let result = async {
+            let vault = self.secrets.vault().map_err(|e| e.to_string())?.clone();
+            let snapshot = crate::gateway::Snapshot::build_with(&config, Some(&self.secrets), true)?;
+            let root = self.paths.credentials_root();
+            let agents = config.agents.clone();
+            let files = tokio::task::spawn_blocking(move || {
+                // Every agent's values first: a missing one changes no file.
+                let mut pending = Vec::new();
+                for a in &agents {
+                    if let Some(r) = crate::secrets::delivery::prepare_refresh(&vault, a.name.as_str(), &a.secrets, &root)
+                        .map_err(|e| e.to_string())?
+                    {
+                        pending.push(r);
+                    }
+                }
+                let mut n = 0;
+                for r in pending {
+                    n += r.apply().map_err(|e| e.to_string())?;
+                }
+                Ok::<usize, String>(n)
+            })
+            .await
+            .map_err(|e| e.to_string())??;
+            let keys = snapshot.providers.iter().filter(|p| p.key.is_some()).count();
+            self.gateway.swap_snapshot(snapshot);
+            Ok::<String, String>(format!(
+                "secrets reloaded: {keys} provider keys in the gateway, {files} credential files rewritten"
+            ))
+        }
+        .await;
+        let (outcome, detail) = match &result {
+            Ok(s) => (AuditOutcome::Ok, s.clone()),
+            Err(e) => (AuditOutcome::Failed, e.clone()),
+        };
+        if let Err(e) = self
+            .secrets
+            .audit()
+            .record_durable(
+                Draft::new(actor.clone(), "secrets reload", "*", outcome).detail(detail),
+            )
+            .await
+        {
+            tracing::error!("cannot record the secrets reload: {e}");
+        }
+        result
     }
 
     pub fn config(&self) -> Arc<Config> {
@@ -111,6 +183,9 @@ impl Daemon {
             .apply(new.agents.clone())
             .await
             .map_err(|e| e.to_string())?;
+        if let Ok(v) = self.secrets.vault() {
+            v.set_keep_versions(new.secrets.keep_versions);
+        }
         *self.config.write().expect("config lock") = Arc::new(new);
         *self.config_loaded_at.write().expect("config lock") = crate::util::unix_secs();
         Ok(summary)

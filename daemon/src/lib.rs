@@ -6,6 +6,7 @@
 //! the gateway. Actors are reached only through handle types.
 
 pub mod actors;
+pub mod audit;
 pub mod cage;
 pub mod config;
 pub mod control;
@@ -16,6 +17,7 @@ pub mod notify;
 pub mod pii_vault;
 pub mod registry;
 pub mod secret;
+pub mod secrets;
 pub mod store;
 pub mod util;
 

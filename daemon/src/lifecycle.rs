@@ -34,8 +34,58 @@ pub struct RunOptions {
     pub socket: Option<PathBuf>,
     /// Overrides `[daemon] state_dir` (flag or `IRONCAGE_STATE_DIR`).
     pub state_dir: Option<PathBuf>,
-    /// Listen for SIGTERM/SIGINT/SIGHUP (the binary does; in-process tests don't).
+    /// Listen for SIGTERM/SIGINT/SIGHUP/SIGUSR1 (the binary does; in-process tests don't).
     pub handle_signals: bool,
+    /// Overrides `[secrets] master_key_file` (flag).
+    pub master_key_file: Option<PathBuf>,
+}
+
+/// Makes the process non-dumpable: no core dumps, and no ptrace or
+/// /proc/PID/mem by other processes of the same user (keys live in memory).
+fn set_non_dumpable() {
+    // SAFETY: prctl with PR_SET_DUMPABLE takes plain integers.
+    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    if rc != 0 {
+        tracing::warn!(
+            "cannot make the daemon non-dumpable: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Resolves the master key and opens the secrets store and the audit trail.
+/// A wrong key is an error before anything is written.
+fn open_secrets(
+    config: &Config,
+    opts: &RunOptions,
+    store: Arc<crate::store::Store>,
+) -> anyhow::Result<crate::secrets::Secrets> {
+    let key_file = opts
+        .master_key_file
+        .as_deref()
+        .or(config.secrets.master_key_file.as_deref());
+    let master = crate::secrets::master::resolve(
+        &|k| std::env::var(k).ok(),
+        key_file,
+        &config.secrets.credential,
+    )?;
+    let started = std::time::Instant::now();
+    let secrets =
+        crate::secrets::Secrets::open(store, master.as_ref(), config.secrets.keep_versions)?;
+    match (&master, secrets.vault()) {
+        (Some(m), Ok(v)) => tracing::info!(
+            key_from = %m.source,
+            generation = v.generation(),
+            unlock_ms = started.elapsed().as_millis() as u64,
+            "secrets store unlocked"
+        ),
+        _ => tracing::info!(
+            "secrets disabled: no master key ({} unset, no key file, no credential {:?}); the audit trail runs without checkpoints",
+            crate::secrets::master::ENV_VAR,
+            config.secrets.credential
+        ),
+    }
+    Ok(secrets)
 }
 
 /// Stops a running daemon from another thread (tests, embedding).
@@ -214,7 +264,10 @@ pub fn run(opts: RunOptions, shutdown: Shutdown) -> anyhow::Result<()> {
     std::fs::create_dir_all(&log_dir)
         .with_context(|| format!("cannot create {}", log_dir.display()))?;
     raise_nofile();
+    set_non_dumpable();
     let store = Arc::new(crate::store::Store::open(&paths.state_dir)?);
+    let secrets = open_secrets(&config, &opts, store.clone())?;
+    let credentials_root = paths.credentials_root();
     let gateway_listener =
         std::net::TcpListener::bind(config.gateway.listen).with_context(|| {
             format!(
@@ -239,7 +292,12 @@ pub fn run(opts: RunOptions, shutdown: Shutdown) -> anyhow::Result<()> {
         let signals = if opts.handle_signals { Some(Signals::install()?) } else { None };
         let keys = Arc::new(AgentKeys::default());
         let cage = Arc::new(crate::cage::CageServices::default());
-        let env = SpawnEnv { gateway_url: Some(format!("http://{gateway_addr}")), cage: cage.clone() };
+        let env = SpawnEnv {
+            gateway_url: Some(format!("http://{gateway_addr}")),
+            cage: cage.clone(),
+            secrets: Some(secrets.clone()),
+            credentials_root,
+        };
         let supervisor = SupervisorHandle::start(env, keys.clone(), log_dir);
         let stopper = supervisor.clone();
         let on_exhausted_stop: Arc<dyn Fn(ironcage_shared::AgentName) + Send + Sync> = Arc::new(move |agent| {
@@ -261,9 +319,14 @@ pub fn run(opts: RunOptions, shutdown: Shutdown) -> anyhow::Result<()> {
         )?;
         cage.set_budget(budget.clone());
         let breaker = BreakerHandle::start(BreakerConfig::from_config(&config), Arc::new(SystemClock));
-        let gateway = Arc::new(Gateway::new(&config, keys, budget.clone(), breaker.clone()).map_err(anyhow::Error::msg)?.with_vault(pii_vault));
+        breaker.set_audit(secrets.audit().clone());
+        let gateway = Arc::new(
+            Gateway::with_secrets(&config, keys, budget.clone(), breaker.clone(), Some(secrets.clone()))
+                .map_err(anyhow::Error::msg)?
+                .with_vault(pii_vault),
+        );
         let agents = config.agents.clone();
-        let daemon = Arc::new(Daemon::new(paths, config, supervisor.clone(), budget.clone(), breaker, gateway.clone(), Some(gateway_addr)));
+        let daemon = Arc::new(Daemon::new(paths, config, supervisor.clone(), budget.clone(), breaker, gateway.clone(), Some(gateway_addr), secrets.clone()));
         let listener = tokio::net::UnixListener::from_std(std_listener)?;
         let (stop_tx, stop_rx) = watch::channel(false);
         // The gateway keeps serving while agents stop (they may finish calls
@@ -290,6 +353,15 @@ pub fn run(opts: RunOptions, shutdown: Shutdown) -> anyhow::Result<()> {
         let _ = tokio::task::spawn_blocking(move || gw_workers.join()).await;
         // Everything settled so far is committed before we exit.
         budget.close().await;
+        // The trail ends on a checkpoint (when keyed), so truncation shows.
+        let log = secrets.audit().log().clone();
+        if log.keyed() {
+            match tokio::task::spawn_blocking(move || log.checkpoint_now()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!("cannot write the final audit checkpoint: {e}"),
+                Err(e) => tracing::error!("cannot write the final audit checkpoint: {e}"),
+            }
+        }
         tracing::info!("all agents stopped; bye");
         anyhow::Ok(())
     });
@@ -304,6 +376,7 @@ struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -312,6 +385,7 @@ impl Signals {
             term: signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?,
             hup: signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?,
+            usr1: signal(SignalKind::user_defined1()).context("cannot install SIGUSR1 handler")?,
         })
     }
 }
@@ -326,6 +400,7 @@ async fn wait_for_stop(
         mut term,
         mut int,
         mut hup,
+        mut usr1,
     }) = signals
     else {
         let _ = stop.wait_for(|s| *s).await;
@@ -340,6 +415,13 @@ async fn wait_for_stop(
                 tracing::info!("SIGHUP received: reloading the configuration");
                 // Errors are logged by reload(); the running config stays.
                 let _ = daemon.reload().await;
+            }
+            _ = usr1.recv() => {
+                tracing::info!("SIGUSR1 received: reloading secrets");
+                match daemon.reload_secrets(&crate::audit::Actor::daemon()).await {
+                    Ok(s) => tracing::info!("{s}"),
+                    Err(e) => tracing::error!("secrets reload failed; the running keys and files stay: {e}"),
+                }
             }
         }
     }

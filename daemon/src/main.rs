@@ -32,6 +32,10 @@ struct Cli {
     /// output connected to the journal (JOURNAL_STREAM set), text otherwise.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// File holding the secrets master key (overrides `[secrets]
+    /// master_key_file`; `IRONCAGE_SECRETS_MASTER_KEY` wins over both).
+    #[arg(long)]
+    master_key_file: Option<PathBuf>,
 }
 
 fn init_logging(format: Option<LogFormat>) -> anyhow::Result<()> {
@@ -92,6 +96,7 @@ fn main() -> ExitCode {
         socket: cli.socket,
         state_dir: cli.state_dir,
         handle_signals: true,
+        master_key_file: cli.master_key_file,
     };
     match ironcaged::run(opts, ironcaged::Shutdown::default()) {
         Ok(()) => ExitCode::SUCCESS,

@@ -135,6 +135,24 @@ impl Store {
         Ok(store)
     }
 
+    /// Opens a database on a custom redb storage backend (fault-injection tests
+    /// wrap the file backend); `path` is only used in messages.
+    pub fn open_backend(
+        path: &Path,
+        backend: impl redb::StorageBackend,
+    ) -> Result<Store, StoreError> {
+        let path = path.to_owned();
+        let db = Database::builder()
+            .create_with_backend(backend)
+            .map_err(|e| StoreError::Open {
+                path: path.clone(),
+                source: Box::new(e.into()),
+            })?;
+        let store = Store { db, path };
+        store.init_schema()?;
+        Ok(store)
+    }
+
     fn init_schema(&self) -> Result<(), StoreError> {
         let txn = self.begin_write()?;
         let previous = self.claim_schema(&txn, "store", STORE_SCHEMA_VERSION)?;

@@ -48,6 +48,32 @@ pub enum Request {
     /// The original behind a reversible PII token (admin; every reveal is
     /// recorded).
     PiiReveal(PiiRevealRequest),
+    // --- Secrets and the audit trail (issue 7). ---
+    /// Metadata and masked values (viewer and admin).
+    SecretsList(SecretsListRequest),
+    /// The plaintext of one secret (admin; audited with an HMAC of the value).
+    SecretGet(SecretRef),
+    /// Store a new version (admin).
+    SecretSet(SecretSetRequest),
+    /// Remove a secret and all its versions (admin).
+    SecretRm(SecretRef),
+    /// Version history, metadata only (viewer and admin).
+    SecretVersions(SecretRef),
+    /// Make an older kept version current again (admin).
+    SecretRollback(SecretRollbackRequest),
+    /// Re-read provider keys and agents' granted secrets from the store
+    /// (admin; what SIGUSR1 does).
+    SecretsReload,
+    /// Re-wrap every data key under a new master key (admin).
+    SecretsRekey(SecretsRekeyRequest),
+    /// Every current secret as a Vault KV v2 or flat JSON document (admin).
+    SecretsExport(SecretsExportRequest),
+    /// Set secrets from a document in either export format (admin).
+    SecretsImport(SecretsImportRequest),
+    /// Audit entries (viewer and admin).
+    AuditTail(AuditTailRequest),
+    /// Recompute the audit hash chain and checkpoints (viewer and admin).
+    AuditVerify,
 }
 
 /// The daemon's answer.
@@ -68,6 +94,14 @@ pub enum Response {
     Circuits(Vec<CircuitInfo>),
     /// Answer to `PiiReveal`.
     PiiRevealed(PiiRevealed),
+    // --- Secrets and the audit trail (issue 7). ---
+    Secrets(Vec<SecretInfo>),
+    SecretValue(SecretValueResponse),
+    SecretVersions(Vec<SecretVersionInfo>),
+    /// An exported document (JSON text).
+    SecretsDocument(SecretValue),
+    AuditEntries(Vec<AuditEntry>),
+    AuditVerify(AuditVerifyReport),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -568,7 +602,19 @@ impl Request {
                 | Request::CircuitReset(_)
                 // Not a mutation, but it discloses what policies hid: admin only.
                 | Request::PiiReveal(_)
+                | Request::SecretSet(_)
+                | Request::SecretRm(_)
+                | Request::SecretRollback(_)
+                | Request::SecretsReload
+                | Request::SecretsRekey(_)
+                | Request::SecretsImport(_)
         )
+    }
+
+    /// Whether only an admin may make the request: every mutation, and the
+    /// requests that reveal secret values.
+    pub fn requires_admin(&self) -> bool {
+        self.is_mutation() || matches!(self, Request::SecretGet(_) | Request::SecretsExport(_))
     }
 
     /// Short name for logs and denial messages.
@@ -592,8 +638,277 @@ impl Request {
             Request::CircuitsList => "circuits list",
             Request::CircuitReset(_) => "circuits reset",
             Request::PiiReveal(_) => "pii reveal",
+            Request::SecretsList(_) => "secrets list",
+            Request::SecretGet(_) => "secrets get",
+            Request::SecretSet(_) => "secrets set",
+            Request::SecretRm(_) => "secrets rm",
+            Request::SecretVersions(_) => "secrets versions",
+            Request::SecretRollback(_) => "secrets rollback",
+            Request::SecretsReload => "secrets reload",
+            Request::SecretsRekey(_) => "secrets rekey",
+            Request::SecretsExport(_) => "secrets export",
+            Request::SecretsImport(_) => "secrets import",
+            Request::AuditTail(_) => "audit tail",
+            Request::AuditVerify => "audit verify",
         }
     }
+}
+
+// --- Secrets and the audit trail (issue 7). ---
+
+/// Longest secret value accepted, in bytes (frames are at most 1 MiB).
+pub const MAX_SECRET_LEN: usize = 64 * 1024;
+
+/// A secret value on the wire: zeroized on drop, `[REDACTED]` when printed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretValue(zeroize::Zeroizing<String>);
+
+impl SecretValue {
+    pub fn new(s: String) -> Self {
+        SecretValue(zeroize::Zeroizing::new(s))
+    }
+    /// The value itself; call sites print it only where the operator asked.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
+/// A secret's environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretEnv {
+    Development,
+    Staging,
+    Production,
+}
+
+impl SecretEnv {
+    pub const ALL: [SecretEnv; 3] = [
+        SecretEnv::Development,
+        SecretEnv::Staging,
+        SecretEnv::Production,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecretEnv::Development => "development",
+            SecretEnv::Staging => "staging",
+            SecretEnv::Production => "production",
+        }
+    }
+}
+
+impl std::fmt::Display for SecretEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for SecretEnv {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "development" | "dev" => Ok(SecretEnv::Development),
+            "staging" => Ok(SecretEnv::Staging),
+            "production" | "prod" => Ok(SecretEnv::Production),
+            other => Err(format!(
+                "unknown environment {other:?}; use development, staging or production"
+            )),
+        }
+    }
+}
+
+/// Checks a secret name: 1 to 128 of `A-Z a-z 0-9 _ - .`, starting with a
+/// letter or digit (it becomes a file name in an agent's credentials directory).
+pub fn check_secret_name(name: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    if name.is_empty() || name.len() > 128 {
+        return Err(format!("secret name {name:?} must be 1 to 128 characters"));
+    }
+    if !name.chars().all(ok_char) || !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(format!(
+            "secret name {name:?} may hold only letters, digits, '_', '-' and '.', and must start with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretsListRequest {
+    /// One environment, or all when `None`.
+    pub env: Option<SecretEnv>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretRef {
+    pub name: String,
+    pub env: SecretEnv,
+    /// A kept version (`SecretGet` only); the current one when `None`.
+    pub version: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretSetRequest {
+    pub name: String,
+    pub env: SecretEnv,
+    pub value: SecretValue,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretRollbackRequest {
+    pub name: String,
+    pub env: SecretEnv,
+    pub version: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretsRekeyRequest {
+    pub new_master_key: SecretValue,
+}
+
+/// Export/import document shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SecretsFormat {
+    /// A JSON array of `vault kv get -format=json` documents, one per secret.
+    VaultKv2,
+    /// `{"NAME": "value"}` for `vault kv put PATH @file` (one environment).
+    Flat,
+}
+
+impl std::str::FromStr for SecretsFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "vault-kv2" => Ok(SecretsFormat::VaultKv2),
+            "flat" => Ok(SecretsFormat::Flat),
+            other => Err(format!("unknown format {other:?}; use vault-kv2 or flat")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretsExportRequest {
+    pub format: SecretsFormat,
+    /// One environment (required for `flat`), or all.
+    pub env: Option<SecretEnv>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretsImportRequest {
+    /// Detected from the document when `None`.
+    pub format: Option<SecretsFormat>,
+    /// Environment for flat documents (Vault documents carry their own).
+    pub env: SecretEnv,
+    pub document: SecretValue,
+}
+
+/// One secret's metadata, with its current value masked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretInfo {
+    pub name: String,
+    pub env: SecretEnv,
+    pub version: u32,
+    /// Versions kept (current included).
+    pub versions: u32,
+    /// `sk-proj-abc...xyz`, or `****` for short values.
+    pub masked: String,
+    /// Unix milliseconds.
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    /// Who last set it (`uid 0 (root)`).
+    pub updated_by: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretVersionInfo {
+    pub version: u32,
+    pub created_ms: u64,
+    pub created_by: String,
+    pub current: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretValueResponse {
+    pub name: String,
+    pub env: SecretEnv,
+    pub version: u32,
+    pub value: SecretValue,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditTailRequest {
+    /// Entries with a larger seq; `None`: the last `limit` entries.
+    pub after: Option<u64>,
+    pub limit: u32,
+    /// When nothing newer exists yet, wait up to this long for it (`tail -f`).
+    pub wait_ms: u32,
+}
+
+/// How an audited action ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditOutcome {
+    Ok,
+    /// Refused for lack of a role or grant.
+    Denied,
+    Failed,
+    /// Recorded before an action whose result has its own entry.
+    Requested,
+}
+
+impl AuditOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditOutcome::Ok => "ok",
+            AuditOutcome::Denied => "denied",
+            AuditOutcome::Failed => "failed",
+            AuditOutcome::Requested => "requested",
+        }
+    }
+}
+
+/// One audit trail entry. `hash` = SHA-256(`prev_hash` || the entry encoded
+/// with `hash` empty); the first entry's `prev_hash` is 64 zeros.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub seq: u64,
+    /// Unix milliseconds.
+    pub time_ms: u64,
+    /// The caller's uid; `None` for the daemon itself.
+    pub actor_uid: Option<u32>,
+    /// `admin`, `viewer`, `agent`, `none` (no role), or `daemon`.
+    pub actor_role: String,
+    pub actor_agent: Option<String>,
+    /// `secrets set`, `agent started`, `breaker opened`...
+    pub action: String,
+    /// What it acted on (`OPENAI_KEY@production`, an agent, `openai/gpt-4o`).
+    pub target: String,
+    pub outcome: AuditOutcome,
+    /// Free text: an error, `hmac-sha256:...` of a value read. Never a value.
+    pub detail: String,
+    /// Hex.
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditVerifyReport {
+    pub entries: u64,
+    /// The first seq that fails, and why.
+    pub first_bad: Option<u64>,
+    pub reason: Option<String>,
+    /// Checkpoints whose HMAC was checked; 0 without a master key.
+    pub checkpoints: u64,
+    pub last_checkpoint: Option<u64>,
+    /// Whether checkpoints could be checked (a master key is configured).
+    pub keyed: bool,
 }
 
 #[cfg(test)]
@@ -703,5 +1018,76 @@ mod tests {
         }
         let bytes = postcard::to_stdvec(&Fake::AgentStatus("../etc".into())).unwrap();
         assert!(postcard::from_bytes::<Request>(&bytes).is_err());
+    }
+
+    #[test]
+    fn secrets_requests_roundtrip_never_print_values_and_need_the_right_role() {
+        let v = SecretValue::new("sk-live-very-secret".into());
+        let reqs = vec![
+            Request::SecretsList(SecretsListRequest { env: None }),
+            Request::SecretGet(SecretRef {
+                name: "K".into(),
+                env: SecretEnv::Staging,
+                version: Some(2),
+            }),
+            Request::SecretSet(SecretSetRequest {
+                name: "K".into(),
+                env: SecretEnv::Production,
+                value: v.clone(),
+            }),
+            Request::SecretsRekey(SecretsRekeyRequest {
+                new_master_key: v.clone(),
+            }),
+            Request::SecretsImport(SecretsImportRequest {
+                format: Some(SecretsFormat::Flat),
+                env: SecretEnv::Development,
+                document: v.clone(),
+            }),
+            Request::SecretsExport(SecretsExportRequest {
+                format: SecretsFormat::VaultKv2,
+                env: None,
+            }),
+            Request::AuditTail(AuditTailRequest {
+                after: Some(3),
+                limit: 10,
+                wait_ms: 0,
+            }),
+            Request::AuditVerify,
+        ];
+        for r in &reqs {
+            let f = framing::encode(r).unwrap();
+            let back: Request = framing::decode(&f[framing::HEADER_LEN..]).unwrap();
+            assert_eq!(&back, r);
+            assert!(!format!("{r:?}").contains("very-secret"), "{r:?}");
+        }
+        let admin_only: Vec<bool> = reqs.iter().map(Request::requires_admin).collect();
+        assert_eq!(
+            admin_only,
+            vec![false, true, true, true, true, true, false, false]
+        );
+        assert!(
+            Request::SecretSet(SecretSetRequest {
+                name: "K".into(),
+                env: SecretEnv::Production,
+                value: v
+            })
+            .is_mutation()
+        );
+        assert!(
+            !Request::SecretGet(SecretRef {
+                name: "K".into(),
+                env: SecretEnv::Production,
+                version: None
+            })
+            .is_mutation()
+        );
+        for ok in ["OPENAI_KEY", "db.password", "a-b_c", "9lives"] {
+            assert!(check_secret_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "../x", "a/b", ".hidden", "-x", "a b", &"x".repeat(129)] {
+            assert!(check_secret_name(bad).is_err(), "{bad}");
+        }
+        assert_eq!("prod".parse::<SecretEnv>(), Ok(SecretEnv::Production));
+        assert!("qa".parse::<SecretEnv>().is_err());
     }
 }

@@ -127,11 +127,9 @@ ok "ExecStart=/ExecReload= name /usr/bin/ironcaged and /usr/bin/ironctl"
 
 "$DEST/usr/bin/ironctl" daemon reload --help >/dev/null 2>&1 || fail "ironctl has no 'daemon reload' command (the unit's ExecReload=)"
 ok "ironctl daemon reload exists (ExecReload=)"
-if "$DEST/usr/bin/ironctl" secrets reload --help >/dev/null 2>&1; then
-    ok "ironctl secrets reload exists (rotate-secrets.service)"
-else
-    info "skipped: ironctl has no 'secrets reload' yet (the rotation example's second step; it comes with the secrets store)"
-fi
+"$DEST/usr/bin/ironctl" secrets reload --help >/dev/null 2>&1 || fail "ironctl has no 'secrets reload' command (rotate-secrets.service)"
+"$DEST/usr/bin/ironctl" secrets set --help 2>/dev/null | grep -q -- '--value-stdin' || fail "ironctl secrets set has no --value-stdin (packaging/rotate-secrets.example)"
+ok "ironctl secrets set --value-stdin and secrets reload exist (rotate-secrets.service)"
 
 # --- 2. reinstall keeps the operator's files; uninstall ------------------------
 printf '# the operator config\n' >"$DEST/etc/ironcage/ironcaged.toml"

@@ -3,11 +3,13 @@
 //! request it sends and how its reply is rendered, for humans and with `--json`.
 
 pub mod agents;
+pub mod audit;
 pub mod budget;
 pub mod circuits;
 pub mod costs;
 pub mod daemon;
 pub mod pii;
+pub mod secrets;
 
 use crate::client::{Client, ClientError};
 use crate::output;

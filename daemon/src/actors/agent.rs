@@ -30,6 +30,51 @@ pub struct SpawnEnv {
     pub gateway_url: Option<String>,
     /// What each agent's channel serves (see `crate::cage`).
     pub cage: Arc<CageServices>,
+    /// The secrets store and audit trail (granted secrets, lifecycle entries).
+    pub secrets: Option<crate::secrets::Secrets>,
+    /// Where per-agent credentials directories are made (runtime dir).
+    pub credentials_root: std::path::PathBuf,
+}
+
+impl SpawnEnv {
+    /// Records a lifecycle entry (queued; group-committed).
+    fn audit(&self, agent: &str, action: &str, detail: String) {
+        if let Some(s) = &self.secrets {
+            s.audit().record(
+                crate::audit::Draft::new(
+                    crate::audit::Actor::daemon(),
+                    action,
+                    agent,
+                    ironcage_shared::protocol::AuditOutcome::Ok,
+                )
+                .detail(detail),
+            );
+        }
+    }
+
+    /// Writes the agent's granted secrets; `Ok(None)` when it has none.
+    fn deliver(
+        &self,
+        spec: &AgentSpec,
+    ) -> Result<Option<crate::secrets::delivery::Delivered>, String> {
+        if spec.secrets.is_empty() {
+            return Ok(None);
+        }
+        let vault = self
+            .secrets
+            .as_ref()
+            .ok_or_else(|| crate::secrets::SecretsError::Disabled.to_string())?
+            .vault()
+            .map_err(|e| e.to_string())?;
+        crate::secrets::delivery::deliver(
+            vault,
+            spec.name.as_str(),
+            &spec.secrets,
+            &self.credentials_root,
+        )
+        .map(Some)
+        .map_err(|e| e.to_string())
+    }
 }
 
 /// Default `PATH` of an agent, unless its config sets one.
@@ -280,16 +325,30 @@ impl AgentActor {
             };
             Ok((ours, theirs))
         });
-        let spawned = match &pair {
-            Ok((_, child_end)) => self.build_command(&key, child_end.as_raw_fd()).spawn(),
-            Err(e) => Err(std::io::Error::new(
-                e.kind(),
-                format!("cannot create the agent's channel: {e}"),
-            )),
+        let delivered = self.env.deliver(&self.spec);
+        let spawned = match (&pair, delivered) {
+            (Err(e), _) => Err(format!("cannot create the agent's channel: {e}")),
+            (_, Err(e)) => Err(format!("its secrets cannot be delivered: {e}")),
+            (Ok((_, child_end)), Ok(delivered)) => {
+                let mut cmd = self.build_command(&key, child_end.as_raw_fd());
+                if let Some(d) = &delivered {
+                    for (k, v) in &d.env {
+                        cmd.env(k, v.expose());
+                    }
+                    if let Some(dir) = &d.dir {
+                        cmd.env(crate::secrets::delivery::CREDENTIALS_ENV, dir);
+                    }
+                }
+                cmd.spawn().map_err(|e| e.to_string())
+            }
         };
         match spawned {
             Err(e) => {
                 self.keys.revoke(&key);
+                crate::secrets::delivery::remove(
+                    &self.env.credentials_root,
+                    self.spec.name.as_str(),
+                );
                 let msg = format!(
                     "cannot start {:?} in {}: {e}",
                     self.spec.command[0],
@@ -326,6 +385,11 @@ impl AgentActor {
                     tokio::spawn(self.logs.clone().capture(err, Stream::Stderr));
                 }
                 tracing::info!(agent = %self.spec.name, pid, "agent started");
+                self.env.audit(
+                    self.spec.name.as_str(),
+                    "agent started",
+                    format!("pid {pid}, restarts {}", self.restarts),
+                );
                 self.phase = Phase::Running {
                     pid,
                     started: Instant::now(),
@@ -430,6 +494,7 @@ impl AgentActor {
         if generation != self.generation {
             return;
         }
+        crate::secrets::delivery::remove(&self.env.credentials_root, self.spec.name.as_str());
         let (pid, started) = match self.phase {
             Phase::Running { pid, started } | Phase::Stopping { pid, started, .. } => {
                 (pid, started)
@@ -447,6 +512,11 @@ impl AgentActor {
             _ => "ended".to_owned(),
         };
         tracing::info!(agent = %self.spec.name, pid, "agent {how}");
+        self.env.audit(
+            self.spec.name.as_str(),
+            "agent exited",
+            format!("pid {pid} {how}"),
+        );
 
         if let Phase::Stopping {
             reason, then_start, ..

@@ -194,6 +194,11 @@ impl BreakerHandle {
         }
     }
 
+    /// Records every state change on the audit trail from now on.
+    pub fn set_audit(&self, audit: crate::audit::AuditHandle) {
+        let _ = self.inner.registry.audit.set(audit);
+    }
+
     /// The request-path check: never waits. Creates the breaker (closed) the
     /// first time a model is seen.
     pub fn check(&self, provider: &str, model: &str) -> Check {

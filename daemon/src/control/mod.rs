@@ -9,11 +9,12 @@
 pub mod auth;
 pub mod handlers;
 
+use crate::audit::{Actor, Draft};
 use crate::daemon::Daemon;
 use auth::Peer;
 use ironcage_shared::framing::{self, FrameError};
 use ironcage_shared::protocol::{
-    ErrorCode, HelloResponse, PROTOCOL_VERSION, Request, Response, Role,
+    AuditOutcome, ErrorCode, HelloResponse, PROTOCOL_VERSION, Request, Response, Role,
 };
 use std::sync::Arc;
 use tokio::net::{UnixListener, UnixStream};
@@ -131,6 +132,16 @@ async fn connection(
             daemon.paths.config.display()
         );
         tracing::warn!(uid = peer.uid, pid = ?peer.pid, "refused control connection: no role");
+        let denial = Draft::new(
+            Actor::peer(peer.uid, None, peer.describe()),
+            "connect",
+            "control socket",
+            AuditOutcome::Denied,
+        )
+        .detail("no role");
+        if let Err(e) = daemon.secrets.audit().record_durable(denial).await {
+            tracing::error!("cannot record a denial: {e}");
+        }
         send(
             &mut stream,
             &Response::error(ErrorCode::PermissionDenied, msg),
@@ -148,8 +159,9 @@ async fn connection(
     )
     .await?;
 
+    let actor = Actor::peer(peer.uid, Some(role), peer.describe());
     while let Some(req) = read_request(&mut stream).await? {
-        if req.is_mutation() && role != Role::Admin {
+        if req.requires_admin() && role != Role::Admin {
             let msg = format!(
                 "{} has role {}; `{}` needs role admin",
                 peer.describe(),
@@ -157,6 +169,16 @@ async fn connection(
                 req.name()
             );
             tracing::warn!(uid = peer.uid, request = req.name(), "permission denied");
+            let denial = Draft::new(
+                actor.clone(),
+                req.name(),
+                handlers::target(&req),
+                AuditOutcome::Denied,
+            )
+            .detail(format!("needs role admin, has {}", role.as_str()));
+            if let Err(e) = daemon.secrets.audit().record_durable(denial).await {
+                tracing::error!("cannot record a denial: {e}");
+            }
             send(
                 &mut stream,
                 &Response::error(ErrorCode::PermissionDenied, msg),
@@ -181,11 +203,7 @@ async fn connection(
             continue;
         }
         tracing::debug!(uid = peer.uid, request = req.name(), "control request");
-        let resp = match req {
-            // The reveal is recorded with who asked.
-            Request::PiiReveal(r) => handlers::pii::reveal(&daemon, r, Some(peer.uid)).await,
-            req => handlers::handle(&daemon, req).await,
-        };
+        let resp = handlers::handle_as(&daemon, &actor, req).await;
         send(&mut stream, &resp).await?;
     }
     Ok(())

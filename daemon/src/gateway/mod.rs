@@ -93,11 +93,64 @@ impl Snapshot {
     /// Builds a snapshot from `config`, reading provider keys from the daemon's
     /// environment and the price file, if any. Errors say what to fix.
     pub fn build(config: &Config) -> Result<Snapshot, String> {
+        Snapshot::build_with(config, None, false)
+    }
+
+    /// [`Snapshot::build`] taking `api_key_secret` keys from the secrets
+    /// store. `strict`: a provider key missing from the store is an error
+    /// (rotation, config reload); otherwise (start-up, so the operator can
+    /// still set it) a warning, and that provider has no key until a reload.
+    pub fn build_with(
+        config: &Config,
+        secrets: Option<&crate::secrets::Secrets>,
+        strict: bool,
+    ) -> Result<Snapshot, String> {
         let mut providers = Vec::new();
         for p in &config.providers {
-            let key = match &p.api_key_env {
-                None => None,
-                Some(var) => match std::env::var(var) {
+            let key = match (&p.api_key_env, &p.api_key_secret) {
+                (None, Some(r)) => {
+                    let read = secrets
+                        .ok_or(crate::secrets::SecretsError::Disabled)
+                        .and_then(|s| s.vault().cloned())
+                        .and_then(|v| {
+                            let key = v.read_current(&r.name, r.env)?;
+                            let mac = v
+                                .audit()
+                                .log()
+                                .value_mac(key.expose().as_bytes())
+                                .unwrap_or_default();
+                            v.audit().record(
+                                crate::audit::Draft::new(
+                                    crate::audit::Actor::daemon(),
+                                    "provider key loaded",
+                                    r.to_string(),
+                                    ironcage_shared::protocol::AuditOutcome::Ok,
+                                )
+                                .detail(format!("provider {} {mac}", p.name)),
+                            );
+                            Ok(key)
+                        });
+                    match read {
+                        Ok(k) => Some(k),
+                        Err(e) => {
+                            let msg = format!(
+                                "provider {:?}: its api_key_secret {r} cannot be read: {e}",
+                                p.name
+                            );
+                            if strict {
+                                return Err(msg);
+                            }
+                            tracing::warn!(
+                                "{msg}; it has no key until `ironctl secrets set {} --env {}` and `ironctl secrets reload`",
+                                r.name,
+                                r.env
+                            );
+                            None
+                        }
+                    }
+                }
+                (None, None) => None,
+                (Some(var), _) => match std::env::var(var) {
                     Ok(v) if !v.is_empty() => Some(SecretString::new(v)),
                     _ => {
                         return Err(format!(
@@ -231,6 +284,8 @@ pub struct Gateway {
     snapshot: RwLock<Arc<Snapshot>>,
     /// Where reversible PII tokens are kept (`None`: token style fails closed).
     pub vault: Option<Arc<crate::pii_vault::PiiVault>>,
+    /// Where `api_key_secret` provider keys come from.
+    secrets: Option<crate::secrets::Secrets>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -246,7 +301,18 @@ impl Gateway {
         budget: BudgetHandle,
         breaker: BreakerHandle,
     ) -> Result<Self, String> {
-        let snapshot = Snapshot::build(config)?;
+        Gateway::with_secrets(config, keys, budget, breaker, None)
+    }
+
+    /// [`Gateway::new`] with provider keys from the secrets store.
+    pub fn with_secrets(
+        config: &Config,
+        keys: Arc<AgentKeys>,
+        budget: BudgetHandle,
+        breaker: BreakerHandle,
+        secrets: Option<crate::secrets::Secrets>,
+    ) -> Result<Self, String> {
+        let snapshot = Snapshot::build_with(config, secrets.as_ref(), false)?;
         let connector = upstream::connector().map_err(|e| {
             format!("cannot load the system's CA certificates for HTTPS to providers: {e}")
         })?;
@@ -260,6 +326,7 @@ impl Gateway {
             clients,
             snapshot: RwLock::new(Arc::new(snapshot)),
             vault: None,
+            secrets,
         })
     }
 
@@ -276,13 +343,18 @@ impl Gateway {
         self
     }
 
+    /// Installs a snapshot built elsewhere (secrets rotation).
+    pub fn swap_snapshot(&self, s: Snapshot) {
+        *self.snapshot.write().expect("gateway snapshot lock") = Arc::new(s);
+    }
+
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.read().expect("gateway snapshot lock").clone()
     }
 
     /// Swaps in a snapshot of a new config (calls in flight keep the old one).
     pub fn reload(&self, config: &Config) -> Result<(), String> {
-        let s = Snapshot::build(config)?;
+        let s = Snapshot::build_with(config, self.secrets.as_ref(), true)?;
         *self.snapshot.write().expect("gateway snapshot lock") = Arc::new(s);
         Ok(())
     }

@@ -63,6 +63,34 @@ impl BreakerActor {
         self.machines.get_mut(c)
     }
 
+    /// Puts a transition on the audit trail (queued, group-committed).
+    fn audit(&self, cell: &Cell, t: &Transition) {
+        let Some(audit) = self.registry.audit.get() else {
+            return;
+        };
+        let (action, detail) = match t {
+            Transition::Opened { from, reason, .. } => (
+                "breaker opened",
+                format!("from {}: {reason}", from.as_str()),
+            ),
+            Transition::HalfOpened => ("breaker half-opened", String::new()),
+            Transition::Closed { from, why } => {
+                ("breaker closed", format!("from {}: {why}", from.as_str()))
+            }
+            // Not state changes: a moved probe time, a re-armed probe.
+            Transition::Extended { .. } | Transition::Rearmed => return,
+        };
+        audit.record(
+            crate::audit::Draft::new(
+                crate::audit::Actor::daemon(),
+                action,
+                cell.circuit().to_string(),
+                ironcage_shared::protocol::AuditOutcome::Ok,
+            )
+            .detail(detail),
+        );
+    }
+
     fn publish(cell: &Cell, m: &Machine, t: &Transition, now: u64) {
         cell.publish(m.state, m.generation, m.next_probe_ms);
         log(cell.circuit(), m, t, now);
@@ -154,6 +182,7 @@ impl Handler<Acquire> for BreakerActor {
             Ok((grant, t)) => {
                 if let Some(t) = t {
                     Self::publish(&m.cell, machine, &t, now);
+                    self.audit(&m.cell, &t);
                 }
                 Ok(grant)
             }
@@ -196,6 +225,7 @@ impl Handler<Report> for BreakerActor {
         }
         if let Some(t) = machine.report(now, &settings, m.generation, m.probe, &m.outcome) {
             Self::publish(&m.cell, machine, &t, now);
+            self.audit(&m.cell, &t);
         }
     }
 }
@@ -217,6 +247,7 @@ impl Handler<Abandon> for BreakerActor {
         };
         if let Some(t) = machine.abandon(now, m.generation) {
             Self::publish(&m.cell, machine, &t, now);
+            self.audit(&m.cell, &t);
         }
     }
 }
@@ -258,6 +289,7 @@ impl Handler<Reset> for BreakerActor {
         let before = machine.state;
         if let Some(t) = machine.reset(now) {
             Self::publish(&cell, machine, &t, now);
+            self.audit(&cell, &t);
         }
         Ok(before)
     }

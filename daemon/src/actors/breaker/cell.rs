@@ -20,6 +20,8 @@ pub(super) struct Registry {
     map: RwLock<HashMap<String, HashMap<String, Arc<Cell>>>>,
     len: AtomicUsize,
     warned_full: AtomicBool,
+    /// Where transitions are recorded (set once at start).
+    pub audit: std::sync::OnceLock<crate::audit::AuditHandle>,
 }
 
 impl Registry {

@@ -567,3 +567,42 @@ fn bench_breaker_check() {
         pct(&mut both, "check + finish(success)");
     });
 }
+
+#[test]
+fn every_state_change_is_on_the_audit_trail() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(crate::store::Store::open(dir.path()).unwrap());
+    let audit = crate::audit::AuditHandle::start(Arc::new(
+        crate::audit::AuditLog::open(store, None).unwrap(),
+    ));
+    run(async {
+        let w = world();
+        w.h.set_audit(audit.clone());
+        w.open("gpt-4o").await;
+        w.h.reset("openai/gpt-4o".parse().unwrap()).await.unwrap();
+    });
+    // A durable entry after them: the queued transitions are committed too.
+    let a = crate::audit::Actor::daemon();
+    audit
+        .record_durable_blocking(crate::audit::Draft::new(
+            a,
+            "mark",
+            "",
+            ironcage_shared::protocol::AuditOutcome::Ok,
+        ))
+        .unwrap();
+    let got: Vec<(String, String)> = audit
+        .log()
+        .entries(None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.action, e.target))
+        .collect();
+    assert_eq!(
+        got[..2],
+        [
+            ("breaker opened".to_owned(), "openai/gpt-4o".to_owned()),
+            ("breaker closed".to_owned(), "openai/gpt-4o".to_owned()),
+        ]
+    );
+}

@@ -1,13 +1,14 @@
 //! `ironctl pii reveal TOKEN` (admin only: the connection loop refuses viewers).
 
+use crate::audit::Actor;
 use crate::daemon::Daemon;
 use crate::pii_vault::{VaultError, record_reveal, token_for_log};
 use ironcage_shared::protocol::{ErrorCode, PiiRevealRequest, PiiRevealed, Response};
 
 /// Looks `r.token` up in the token store. Every attempt is recorded
 /// ([`record_reveal`]) with `uid`, the token and the kind, never the value.
-pub async fn reveal(d: &Daemon, r: PiiRevealRequest, uid: Option<u32>) -> Response {
-    let uid = uid.unwrap_or(u32::MAX);
+pub async fn reveal(d: &Daemon, actor: &Actor, r: PiiRevealRequest) -> Response {
+    let uid = actor.uid.unwrap_or(u32::MAX);
     let Some(vault) = d.gateway.vault.clone() else {
         return Response::error(ErrorCode::Internal, "the PII token store is not open");
     };
