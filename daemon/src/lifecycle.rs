@@ -320,6 +320,7 @@ pub fn run(opts: RunOptions, shutdown: Shutdown) -> anyhow::Result<()> {
         cage.set_budget(budget.clone());
         let breaker = BreakerHandle::start(BreakerConfig::from_config(&config), Arc::new(SystemClock));
         breaker.set_audit(secrets.audit().clone());
+        budget.set_audit(secrets.audit().clone());
         let gateway = Arc::new(
             Gateway::with_secrets(&config, keys, budget.clone(), breaker.clone(), Some(secrets.clone()))
                 .map_err(anyhow::Error::msg)?

@@ -190,6 +190,16 @@ api_key_env = "TEST_ANTHROPIC_KEY"
     def json(self, *args):
         return json.loads(self.ctl("--json", *args).stdout)
 
+    def audit(self):
+        """Every audit entry (`ironctl --json audit export`: JSON lines)."""
+        out = self.ctl("--json", "audit", "export").stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def wait_audit(self, what, pred):
+        """Entries matching `pred`, once there is at least one (entries of
+        daemon events are group-committed shortly after the event)."""
+        return wait_for(what, lambda: [e for e in self.audit() if pred(e)])
+
     def result(self, name):
         """Waits for the agent's result file and returns it."""
         path = self.dir / f"{name}.json"

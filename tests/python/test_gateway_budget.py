@@ -140,6 +140,12 @@ def test_concurrent_calls_never_spend_past_the_budget(cage):
     b = cage.wait_spent("burst", one * len(ok))
     assert b["spent"] <= budget_micros
     assert b["reserved"] == 0
+    # The cutoff is on the audit trail once for the period, not once per refused call.
+    cut = cage.wait_audit("the budget cutoff entry",
+                          lambda e: e["action"] == "budget cutoff" and e["target"] == "burst")
+    cut = [e for e in cage.audit() if e["action"] == "budget cutoff" and e["target"] == "burst"]
+    assert len(cut) == 1, cut
+    assert cut[0]["outcome"] == "denied" and "spent" in cut[0]["detail"], cut
 
 
 def test_a_sigkilled_daemon_keeps_every_settled_cost(cage):
@@ -176,6 +182,9 @@ def test_threshold_alerts_fire_once_each(cage):
     assert sorted(a["threshold_percent"] for a in got) == [50, 80]
     assert all(a["agent"] == "alerty" and a["kind"] == "budget_alert" for a in got)
     assert cage.budget("alerty")["alerts_fired"] == [50, 80]
+    entries = wait_for("two budget alert audit entries", lambda: (lambda es: len(es) >= 2 and es)(
+        [e for e in cage.audit() if e["action"] == "budget alert" and e["target"] == "alerty"]))
+    assert len(entries) == 2 and all("alerty" in e["detail"] for e in entries), entries
 
 
 def test_agents_never_see_the_real_keys_and_the_provider_does(cage, mock):

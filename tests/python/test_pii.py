@@ -93,6 +93,11 @@ def test_prompt_policy_matrix_redacts_blocks_and_allows(cage, mock):
     log = cage.read_log()
     assert "jane" not in log and OPENAI_KEY not in log
     assert "openai_key" in log  # the block is logged by kind
+    # ... and is on the audit trail, by kind, with the agent as actor.
+    blocks = cage.wait_audit("the PII block entry", lambda e: e["action"] == "pii block")
+    assert [(e["actor_agent"], e["outcome"]) for e in blocks] == [("p", "denied")], blocks
+    assert blocks[0]["detail"].startswith("prompt: ") and "openai_key" in blocks[0]["detail"], blocks
+    assert OPENAI_KEY not in json.dumps(cage.audit()) and EMAIL not in json.dumps(cage.audit())
 
 
 def test_output_is_redacted_even_when_split_across_stream_events(cage, mock):

@@ -424,6 +424,12 @@ impl BudgetHandle {
         }
     }
 
+    /// Records budget alerts and cutoffs (the first refused call of a period)
+    /// on `audit` from now on. Set once at start-up.
+    pub fn set_audit(&self, audit: crate::audit::AuditHandle) {
+        self.core.set_audit(audit);
+    }
+
     /// Commits and events written so far.
     pub fn writer_stats(&self) -> WriterStats {
         self.core.stats()

@@ -337,6 +337,11 @@ impl Gateway {
         &self.clients[i % self.clients.len()]
     }
 
+    /// The audit trail, when the daemon has one (not in unit tests).
+    pub fn audit(&self) -> Option<&crate::audit::AuditHandle> {
+        self.secrets.as_ref().map(crate::secrets::Secrets::audit)
+    }
+
     /// The store for reversible PII tokens.
     pub fn with_vault(mut self, vault: Arc<crate::pii_vault::PiiVault>) -> Self {
         self.vault = Some(vault);

@@ -342,6 +342,36 @@ impl Tally {
     }
 }
 
+/// Puts a refused call on the audit trail: the agent as actor, the direction
+/// and the kinds (never a value), or why the check failed. Queued (group
+/// commit): the call is refused whether or not the entry is written.
+pub fn audit_refusal(
+    audit: Option<&crate::audit::AuditHandle>,
+    agent: &AgentName,
+    direction: Direction,
+    r: &Refused,
+) {
+    let Some(audit) = audit else { return };
+    let direction = match direction {
+        Direction::Prompt => "prompt",
+        Direction::Output => "output",
+        Direction::Logs => "logs",
+    };
+    let detail = match r {
+        Refused::Blocked(kinds) => format!("{direction}: {}", kind_list(kinds)),
+        Refused::Failed(why) => format!("{direction}: the PII check failed: {why}"),
+    };
+    audit.record(
+        crate::audit::Draft::new(
+            crate::audit::Actor::agent(agent.as_str()),
+            "pii block",
+            agent.as_str(),
+            ironcage_shared::protocol::AuditOutcome::Denied,
+        )
+        .detail(detail),
+    );
+}
+
 /// Scans `body`'s text fields (walked by `walk`) and applies the agent's
 /// `direction` policy in place. Returns whether the body was rewritten.
 pub async fn apply_body(
@@ -505,6 +535,8 @@ pub struct StreamFilter {
     tally: Tally,
     field: usize,
     family: ProviderKind,
+    /// Where a stream ended by the policy is recorded.
+    audit: Option<crate::audit::AuditHandle>,
 }
 
 impl std::fmt::Debug for StreamFilter {
@@ -541,7 +573,14 @@ impl StreamFilter {
             tally: Tally::default(),
             field: 0,
             family,
+            audit: None,
         }
+    }
+
+    /// Records the stream's refusal, if any, on this audit trail.
+    pub fn with_audit(mut self, audit: Option<crate::audit::AuditHandle>) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// Filters one event.
@@ -598,6 +637,7 @@ impl StreamFilter {
     fn refuse(&mut self, r: Refused) -> Bytes {
         self.tally.log(&self.agent, Direction::Output);
         self.tally = Tally::default();
+        audit_refusal(self.audit.as_ref(), &self.agent, Direction::Output, &r);
         match &r {
             Refused::Blocked(k) => {
                 tracing::warn!(target: "pii", agent = %self.agent, direction = "output", kinds = %kind_list(k), "stream ended by the PII policy")

@@ -427,7 +427,10 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> 
         .await
         {
             Ok(r) => pii_rewritten = r,
-            Err(refused) => return refused.response(family, Direction::Prompt),
+            Err(refused) => {
+                pii_filter::audit_refusal(gw.audit(), &agent, Direction::Prompt, &refused);
+                return refused.response(family, Direction::Prompt);
+            }
         }
     }
     // A redacted body can be longer than the one received (tokens): bound the
@@ -864,6 +867,7 @@ impl Attempts<'_> {
                             self.api,
                             family,
                         )
+                        .with_audit(self.gw.audit().cloned())
                     });
                     Attempt::Answer(relay_stream(
                         call,
@@ -932,6 +936,12 @@ impl Attempts<'_> {
                     new
                 }
                 Err(refused) => {
+                    pii_filter::audit_refusal(
+                        self.gw.audit(),
+                        self.agent,
+                        Direction::Output,
+                        &refused,
+                    );
                     let mut out = refused.response(family, Direction::Output);
                     annotate(&mut out, &call.model, cost, fallback_from.as_deref());
                     return Attempt::Answer(out);

@@ -13,14 +13,16 @@ use super::persist::{
     self, Committed, Counters, Done, Op, Override, ResetEvent, SpendDone, SpendEvent, StoredEvent,
 };
 use super::{BudgetError, Clock, CostRecord, Refusal, WriterStats};
+use crate::audit::{Actor, AuditHandle, Draft};
 use crate::config::{BudgetSection, BudgetSpec, OnExhausted};
 use crate::store::Store;
 use ironcage_shared::AgentName;
 use ironcage_shared::money::Micros;
+use ironcage_shared::protocol::AuditOutcome;
 use ironcage_shared::protocol::{BudgetInfo, BudgetPeriod};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak, mpsc};
 use tokio::sync::oneshot;
 
 /// The ledger: state under a lock, plus what the lock need not cover.
@@ -32,6 +34,7 @@ pub(super) struct Core {
     pub inflight: Arc<Inflight>,
     counters: Arc<Counters>,
     path: PathBuf,
+    audit: OnceLock<AuditHandle>,
 }
 
 impl std::fmt::Debug for Core {
@@ -85,6 +88,7 @@ pub(super) fn start(
         inflight,
         counters: counters.clone(),
         path: store.path().to_owned(),
+        audit: OnceLock::new(),
     });
     // Overrides dropped because the config changed while we were down, and
     // thresholds crossed but not fired (a crash between commit and alert), are
@@ -211,7 +215,23 @@ impl Core {
     fn dispatch(&self, alerts: Vec<Alert>, command: Option<&[String]>) {
         for a in &alerts {
             self.alerts.dispatch(a, command);
+            if let Some(audit) = self.audit.get() {
+                audit.record(
+                    Draft::new(
+                        Actor::daemon(),
+                        "budget alert",
+                        a.agent.as_str(),
+                        AuditOutcome::Ok,
+                    )
+                    .detail(a.message()),
+                );
+            }
         }
+    }
+
+    /// Budget alerts and cutoffs go on this trail from now on.
+    pub fn set_audit(&self, audit: AuditHandle) {
+        let _ = self.audit.set(audit);
     }
 
     /// Holds `amount` for one call of `agent`, or refuses.
@@ -225,18 +245,28 @@ impl Core {
         match l.try_reserve(agent, amount) {
             Ok(()) => Ok(()),
             Err(e) => {
-                let mut stop = false;
-                if e.on_exhausted == OnExhausted::Stop {
-                    let key = (l.period(), l.durable.get(l.period()).start);
-                    if l.stop_notified != Some(key) {
-                        l.stop_notified = Some(key);
-                        stop = true;
-                    }
+                let key = (l.period(), l.durable.get(l.period()).start);
+                let first = l.cutoff_noted != Some(key);
+                if first {
+                    l.cutoff_noted = Some(key);
                 }
                 drop(st);
-                if stop {
-                    tracing::warn!(agent = %agent, "{e}");
-                    (self.on_stop)(agent.clone());
+                if first {
+                    tracing::warn!(agent = %agent, "budget cutoff: {e}");
+                    if let Some(audit) = self.audit.get() {
+                        audit.record(
+                            Draft::new(
+                                Actor::daemon(),
+                                "budget cutoff",
+                                agent.as_str(),
+                                AuditOutcome::Denied,
+                            )
+                            .detail(e.to_string()),
+                        );
+                    }
+                    if e.on_exhausted == OnExhausted::Stop {
+                        (self.on_stop)(agent.clone());
+                    }
                 }
                 Err(Refusal::Exhausted(*e))
             }
@@ -420,7 +450,7 @@ impl Core {
             set_at_ms: now_ms,
         });
         l.rearm();
-        l.stop_notified = None;
+        l.cutoff_noted = None;
         tracing::info!(agent = %agent, limit = %limit, period = l.period().as_str(), "budget override set");
         let op = Op {
             event: None,
@@ -497,7 +527,7 @@ impl Core {
             let dropped = l.apply_spec(*spec);
             if (l.limit(), l.period()) != before {
                 l.rearm();
-                l.stop_notified = None;
+                l.cutoff_noted = None;
             }
             if dropped {
                 tracing::info!(

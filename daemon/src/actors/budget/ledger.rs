@@ -83,8 +83,10 @@ pub(super) struct Ledger {
     /// Bumped by `reset`; bookings of an older generation never become spend.
     pub generation: u64,
     pub fired: Option<Fired>,
-    /// (period, window start) in which the stop callback already ran.
-    pub stop_notified: Option<(BudgetPeriod, u64)>,
+    /// (period, window start) in which a refusal was already recorded (audit
+    /// entry, and the stop callback for `on_exhausted = "stop"`): once per
+    /// period, however many calls are refused after it.
+    pub cutoff_noted: Option<(BudgetPeriod, u64)>,
     /// Unix seconds of the next period boundary; rolling is skipped before it.
     next_boundary: u64,
 }
@@ -112,7 +114,7 @@ impl Ledger {
             reserved: Micros::ZERO,
             generation: 0,
             fired: row.fired,
-            stop_notified: None,
+            cutoff_noted: None,
             next_boundary: 0,
         };
         l.roll(now_s);
@@ -229,7 +231,7 @@ impl Ledger {
         self.tail.zero();
         self.generation += 1;
         self.fired = None;
-        self.stop_notified = None;
+        self.cutoff_noted = None;
     }
 
     /// Thresholds already fired in the current period.
