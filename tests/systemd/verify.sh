@@ -45,7 +45,7 @@ info "$(systemd-analyze --version | head -n1)"
 # --- binaries ----------------------------------------------------------------
 if [ -z "${BIN_DIR:-}" ]; then
     target=${CARGO_TARGET_DIR:-$ROOT/target}
-    if [ -x "$target/release/ironcaged" ] && [ -x "$target/release/ironctl" ]; then
+    if [ -x "$target/release/ironcaged" ] && [ -x "$target/release/ironctl" ] && [ -f "$target/release/libiron_cage.so" ]; then
         BIN_DIR=$target/release
     else
         BIN_DIR=$target/debug
