@@ -257,7 +257,7 @@ impl WorstCase {
 
 /// Reserves the worst case on one model: first with the cheap input bound,
 /// then, only if that does not fit, with an exact local count.
-fn reserve(
+async fn reserve(
     gw: &Gateway,
     agent: &AgentName,
     api: Api,
@@ -269,6 +269,7 @@ fn reserve(
     match gw.budget.try_reserve(agent, w.cost(price, w.bound)) {
         Err(Refusal::Exhausted(first)) => {
             if let Some(upper) = w.bound {
+                tokens::ready(model).await;
                 let exact = tokens::count_request_input(api, model, request);
                 if exact < upper {
                     return gw.budget.try_reserve(agent, w.cost(price, Some(exact)));
@@ -530,7 +531,9 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> 
             &request,
             price.as_ref(),
             &worst,
-        ) {
+        )
+        .await
+        {
             Ok(r) => r,
             Err(Refusal::Exhausted(e)) if i == 0 => return refuse(family, &agent, &cand.model, &e),
             Err(Refusal::Exhausted(e)) => {
@@ -914,7 +917,10 @@ impl Attempts<'_> {
         let extracted = usage::extract(call.api, &body);
         let (usage, answered) = match extracted {
             Some(x) => (x.usage, x.model),
-            None => (call.estimate(&usage::output_text(call.api, &body)), None),
+            None => {
+                tokens::ready(&call.model).await;
+                (call.estimate(&usage::output_text(call.api, &body)), None)
+            }
         };
         let record = call.record(usage, answered.as_deref());
         let cost = record.cost;
@@ -1102,7 +1108,10 @@ fn relay_stream(
         let answered = acc.model().map(str::to_owned);
         let usage = match acc.usage() {
             Some(u) if complete => u,
-            _ => call.estimate(acc.output_text()),
+            _ => {
+                tokens::ready(&call.model).await;
+                call.estimate(acc.output_text())
+            }
         };
         if agent_gone && acc.output_text().is_empty() && acc.usage().is_none() {
             drop(reservation);

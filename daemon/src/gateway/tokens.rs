@@ -92,6 +92,23 @@ pub fn warm_up() {
     let _ = encoder(Encoding::Cl100kBase);
 }
 
+/// Makes sure the encoder counting `model` is built, building it (~0.5 s) on
+/// tokio's blocking pool if needed: a gateway worker thread serves many
+/// connections and must never stall on it. Call before counting.
+pub async fn ready(model: &str) {
+    let encoding = encoding_for_model(model);
+    let built = match encoding {
+        Encoding::O200kBase => O200K.get().is_some(),
+        Encoding::Cl100kBase => CL100K.get().is_some(),
+    };
+    if !built {
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = encoder(encoding);
+        })
+        .await;
+    }
+}
+
 /// Whether both encoders are built.
 pub fn is_warm() -> bool {
     O200K.get().is_some() && CL100K.get().is_some()
