@@ -3,15 +3,18 @@
 //!
 //! A round trip holds a mutex over the socket: write the request, read frames
 //! until the reply with the same id arrives (stale replies of a request that
-//! timed out are skipped, and so are pushes, reserved for later). No reader thread: a sync
-//! call costs exactly one write and the reads of its reply, and the GIL is
-//! released around it by the caller.
+//! timed out are skipped). Pushes the daemon sent meanwhile ("secrets
+//! rotated") are read in that same loop and kept ([`Channel::take_rotated`]),
+//! so one arriving while a call waits for its reply is never lost. No reader
+//! thread: a sync call costs exactly one write and the reads of its reply,
+//! and the GIL is released around it by the caller.
 
 use ironcage_shared::agent_channel::{
     AGENT_CHANNEL_VERSION, AgentError, AgentHello, AgentMessage, AgentPush, AgentRequest,
     AgentResponse, ENV_FD, Envelope,
 };
 use ironcage_shared::framing::{self, FrameError};
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -54,6 +57,8 @@ pub struct Channel {
     next_id: AtomicU64,
     owner_pid: u32,
     agent: String,
+    /// Names from `SecretsRotated` pushes not yet taken by `take_rotated`.
+    rotated: Mutex<BTreeSet<String>>,
 }
 
 impl Channel {
@@ -82,6 +87,7 @@ impl Channel {
             next_id: AtomicU64::new(1),
             owner_pid: std::process::id(),
             agent: String::new(),
+            rotated: Mutex::new(BTreeSet::new()),
         };
         let hello = AgentRequest::Hello(AgentHello {
             version: AGENT_CHANNEL_VERSION,
@@ -107,6 +113,15 @@ impl Channel {
     /// The agent this channel belongs to.
     pub fn agent(&self) -> &str {
         &self.agent
+    }
+
+    /// The names of secrets the daemon said were rotated since the previous
+    /// call (sorted; each reported once). Only pushes read so far count:
+    /// make a round trip first to pick up what the daemon has sent.
+    pub fn take_rotated(&self) -> Vec<String> {
+        std::mem::take(&mut *self.rotated.lock().unwrap_or_else(|p| p.into_inner()))
+            .into_iter()
+            .collect()
     }
 
     /// One round trip. A daemon error reply is `Err(ChannelError::Daemon)`.
@@ -138,9 +153,14 @@ impl Channel {
                 }
                 // A late reply to a request that timed out: skip it.
                 AgentMessage::Reply { .. } => {}
-                // Reserved ("secrets rotated"): nothing acts on pushes yet;
-                // `secret()` always asks for the current value.
-                AgentMessage::Push(AgentPush::SecretsRotated { .. }) => {}
+                // Kept for `secrets_rotated()`; `secret()` always asks for
+                // the current value anyway.
+                AgentMessage::Push(AgentPush::SecretsRotated { names }) => {
+                    self.rotated
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .extend(names);
+                }
             }
         }
     }

@@ -40,7 +40,7 @@ create_exception!(
     iron_cage,
     SecretsUnavailable,
     IronCageError,
-    "The daemon has no secrets store yet (or the secret is not granted to this agent)."
+    "The secret cannot be read: the daemon runs without a secrets store (no master key), the secret is not granted to this agent, or it is not in the store; the message says which."
 );
 
 /// The channel, opened at import: `Ok(None)` outside ironcaged, `Err` when
@@ -356,6 +356,25 @@ fn asecret<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
     call_async(py, ch, secret_request(name)?, expect_secret)
 }
 
+/// Names of this agent's secrets rotated since the previous call: one round
+/// trip first (so pushes the daemon already sent are read), then the names.
+#[pyfunction]
+fn secrets_rotated(py: Python<'_>) -> PyResult<Vec<String>> {
+    let ch = channel("secrets_rotated()")?;
+    call(py, &ch, AgentRequest::Heartbeat)?;
+    Ok(ch.take_rotated())
+}
+
+/// Awaitable form of `secrets_rotated()`.
+#[pyfunction]
+fn asecrets_rotated(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    let ch = channel("asecrets_rotated()")?;
+    let c = ch.clone();
+    call_async(py, ch, AgentRequest::Heartbeat, move |_| {
+        Ok(c.take_rotated())
+    })
+}
+
 /// Tells the daemon's watchdog this agent is alive.
 #[pyfunction]
 fn heartbeat(py: Python<'_>) -> PyResult<()> {
@@ -448,6 +467,8 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(areport_cost, m)?)?;
     m.add_function(wrap_pyfunction!(secret, m)?)?;
     m.add_function(wrap_pyfunction!(asecret, m)?)?;
+    m.add_function(wrap_pyfunction!(secrets_rotated, m)?)?;
+    m.add_function(wrap_pyfunction!(asecrets_rotated, m)?)?;
     m.add_function(wrap_pyfunction!(heartbeat, m)?)?;
     m.add_function(wrap_pyfunction!(scan, m)?)?;
     m.add_function(wrap_pyfunction!(redact, m)?)?;

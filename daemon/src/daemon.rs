@@ -47,6 +47,8 @@ pub struct Daemon {
     reload_lock: tokio::sync::Mutex<()>,
     /// The secrets store (maybe disabled) and the audit trail.
     pub secrets: crate::secrets::Secrets,
+    /// What agents' channels share: rotation pushes go out through it.
+    pub cage: Arc<crate::cage::CageServices>,
 }
 
 impl Daemon {
@@ -74,13 +76,23 @@ impl Daemon {
             daemon_uid: nix::unistd::geteuid().as_raw(),
             reload_lock: tokio::sync::Mutex::new(()),
             secrets,
+            cage: Arc::new(crate::cage::CageServices::default()),
         }
+    }
+
+    /// The services agents' channels were started with (set at start, so a
+    /// secrets reload can push rotations to running agents).
+    pub fn with_cage(mut self, cage: Arc<crate::cage::CageServices>) -> Self {
+        self.cage = cage;
+        self
     }
 
     /// Rotation (`ironctl secrets reload`, SIGUSR1): rebuilds the gateway's
     /// provider keys from the store (calls in flight finish on the old ones)
     /// and rewrites running agents' credential files atomically. Everything is
-    /// read before anything changes: a failure keeps the old state.
+    /// read before anything changes: a failure keeps the old state. Running
+    /// agents granted a secret that changed since the last reload get a
+    /// `SecretsRotated` push on their channel.
     pub async fn reload_secrets(&self, actor: &crate::audit::Actor) -> Result<String, String> {
         use crate::audit::Draft;
         use ironcage_shared::protocol::AuditOutcome;
@@ -101,18 +113,21 @@ impl Daemon {
                         pending.push(r);
                     }
                 }
+                let heads = vault.heads().map_err(|e| e.to_string())?;
                 let mut n = 0;
                 for r in pending {
                     n += r.apply().map_err(|e| e.to_string())?;
                 }
-                Ok::<usize, String>(n)
+                Ok::<_, String>((n, heads))
             })
             .await
             .map_err(|e| e.to_string())??;
+            let (files, heads) = files;
             let keys = snapshot.providers.iter().filter(|p| p.key.is_some()).count();
             self.gateway.swap_snapshot(snapshot);
+            let rotated = self.cage.secrets_reloaded(heads);
             Ok::<String, String>(format!(
-                "secrets reloaded: {keys} provider keys in the gateway, {files} credential files rewritten"
+                "secrets reloaded: {keys} provider keys in the gateway, {files} credential files rewritten, {rotated} secrets changed since the last reload (running agents granted one are told)"
             ))
         }
         .await;

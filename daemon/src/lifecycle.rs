@@ -318,6 +318,7 @@ pub fn run(opts: RunOptions, shutdown: Shutdown) -> anyhow::Result<()> {
             on_exhausted_stop,
         )?;
         cage.set_budget(budget.clone());
+        cage.set_secrets(secrets.clone());
         let breaker = BreakerHandle::start(BreakerConfig::from_config(&config), Arc::new(SystemClock));
         breaker.set_audit(secrets.audit().clone());
         budget.set_audit(secrets.audit().clone());
@@ -327,7 +328,7 @@ pub fn run(opts: RunOptions, shutdown: Shutdown) -> anyhow::Result<()> {
                 .with_vault(pii_vault),
         );
         let agents = config.agents.clone();
-        let daemon = Arc::new(Daemon::new(paths, config, supervisor.clone(), budget.clone(), breaker, gateway.clone(), Some(gateway_addr), secrets.clone()));
+        let daemon = Arc::new(Daemon::new(paths, config, supervisor.clone(), budget.clone(), breaker, gateway.clone(), Some(gateway_addr), secrets.clone()).with_cage(cage.clone()));
         let listener = tokio::net::UnixListener::from_std(std_listener)?;
         let (stop_tx, stop_rx) = watch::channel(false);
         // The gateway keeps serving while agents stop (they may finish calls

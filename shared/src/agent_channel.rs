@@ -10,8 +10,9 @@
 //! Every frame from the agent is a [`Envelope`]: a request id, then the
 //! request. The daemon answers each one, in order, with
 //! [`AgentMessage::Reply`] carrying the same id; [`AgentMessage::Push`] is a
-//! message the daemon sends on its own (reserved: "secrets rotated"), which the
-//! module picks up on its next round trip. The first request is
+//! message the daemon sends on its own ([`AgentPush::SecretsRotated`] after a
+//! secrets reload), which may come before any reply: the module keeps it and
+//! reads on until its reply. The first request is
 //! [`AgentRequest::Hello`] with [`AGENT_CHANNEL_VERSION`]; a mismatch is a clear
 //! error on both sides.
 //!
@@ -139,7 +140,8 @@ pub struct AgentBudget {
 /// Messages the daemon sends unasked. Variants are only appended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AgentPush {
-    /// Reserved: secrets granted to this agent were rotated (names only).
+    /// Secrets granted to this agent changed in a secrets reload (names only,
+    /// never values); `iron_cage.secrets_rotated()` reports them.
     SecretsRotated { names: Vec<String> },
 }
 

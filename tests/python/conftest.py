@@ -160,9 +160,10 @@ api_key_env = "TEST_ANTHROPIC_KEY"
 """ + "\n".join(agents)
         self.config.write_text(text)
 
-    def start(self):
+    def start(self, env=None):
+        """Starts ironcaged; `env` adds to its environment (e.g. a master key)."""
         env = dict(os.environ, TEST_OPENAI_KEY=REAL_OPENAI_KEY, TEST_ANTHROPIC_KEY=REAL_ANTHROPIC_KEY,
-                   RUST_LOG="info")
+                   RUST_LOG="info") | dict(env or {})
         env.pop("NOTIFY_SOCKET", None)
         self.log = open(self.dir / "ironcaged.log", "ab")
         self.proc = subprocess.Popen(

@@ -16,8 +16,12 @@ import it to ask the cage things::
     iron_cage.report_cost(0.002, "web-search")   # a paid tool, booked in the ledger
     iron_cage.redact("mail jane@example.com")    # 'mail [EMAIL]' (the daemon's PII engine)
 
+    db_password = iron_cage.secret("DB_PASSWORD")   # a secret granted in the config
+    if "DB_PASSWORD" in iron_cage.secrets_rotated():  # the operator rotated it since
+        reconnect(iron_cage.secret("DB_PASSWORD"))
+
 Every function has an ``a``-prefixed awaitable twin for asyncio where it talks
-to the daemon (``abudget``, ``areport_cost``, ``asecret``).
+to the daemon (``abudget``, ``areport_cost``, ``asecret``, ``asecrets_rotated``).
 
 Outside ironcaged, ``import iron_cage`` works and every call raises
 :class:`NotUnderCage` ("not running under ironcaged"); use
@@ -40,16 +44,19 @@ from ._native import (  # noqa: F401  (re-exported)
     SecretsUnavailable,
     agent_name,
     abudget,
+    asecrets_rotated,
     budget,
     heartbeat,
     redact,
     running_under_cage,
     scan,
+    secrets_rotated,
 )
 
 __all__ = [
     "Budget", "Finding", "IronCageError", "NotUnderCage", "SecretsUnavailable",
     "agent_name", "budget", "abudget", "report_cost", "areport_cost", "secret", "asecret",
+    "secrets_rotated", "asecrets_rotated",
     "heartbeat", "scan", "redact", "tag", "current_tag", "running_under_cage",
 ]
 
@@ -140,8 +147,13 @@ def areport_cost(usd, label):
 
 
 def secret(name):
-    """The current value of secret ``name`` (granted to this agent in the config).
-    Raises :class:`SecretsUnavailable` while the daemon has no secrets store."""
+    """The current value of secret ``name``, granted to this agent in the config
+    (``secrets = [...]`` or ``secret_env``; the grant fixes the environment).
+    Always asks the daemon, so it returns the new value right after a rotation;
+    every read is on the audit trail. Raises :class:`SecretsUnavailable` (the
+    message says which) when the daemon runs without a master key, the secret
+    is not granted to this agent (the refusal is audited), or it is not in the
+    store."""
     return _native.secret(name)
 
 

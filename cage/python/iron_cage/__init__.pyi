@@ -14,7 +14,8 @@ class NotUnderCage(IronCageError):
     """Raised by every call when the process was not started by ironcaged."""
 
 class SecretsUnavailable(IronCageError):
-    """The daemon has no secrets store yet, or the secret is not granted to this agent."""
+    """secret() cannot return the value: the daemon runs without a master key, the
+    secret is not granted to this agent (the refusal is audited), or it is not in the store."""
 
 class Budget:
     """This agent's budget for the current period (USD floats and exact micro-dollar ints)."""
@@ -73,10 +74,20 @@ def areport_cost(usd: float, label: str) -> Awaitable[Budget]:
     """Awaitable form of report_cost()."""
 
 def secret(name: str) -> str:
-    """The current value of a secret granted to this agent."""
+    """The current value of a secret granted to this agent (asks the daemon each
+    time, audited); raises SecretsUnavailable when it cannot be read."""
 
 def asecret(name: str) -> Awaitable[str]:
     """Awaitable form of secret()."""
+
+def secrets_rotated() -> List[str]:
+    """Names of this agent's secrets the operator rotated (`ironctl secrets reload`,
+    SIGUSR1) since the previous call, sorted, each reported once; [] when none.
+    Makes one round trip first, so rotations the daemon already announced are
+    included. Call secret() again for the new value."""
+
+def asecrets_rotated() -> Awaitable[List[str]]:
+    """Awaitable form of secrets_rotated()."""
 
 def heartbeat() -> None:
     """Tells the watchdog this agent is alive (the module also beats on its own)."""

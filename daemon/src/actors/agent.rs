@@ -435,6 +435,7 @@ impl AgentActor {
                 tokio::spawn(crate::cage::channel::serve(
                     stream,
                     self.spec.name.clone(),
+                    self.spec.secrets.clone(),
                     self.env.cage.clone(),
                     live,
                 ));

@@ -13,27 +13,104 @@
 //! a truncated frame) closes this channel only.
 
 use crate::actors::budget::{BudgetHandle, CostRecord};
+use crate::config::{SecretGrant, SecretRef};
+use crate::secrets::vault::Heads;
+use crate::secrets::{Secrets, SecretsError};
 use ironcage_shared::AgentName;
 use ironcage_shared::agent_channel::{
-    AGENT_CHANNEL_VERSION, AgentBudget, AgentError, AgentErrorKind, AgentMessage, AgentRequest,
-    AgentResponse, AgentWelcome, MAX_LABEL_LEN, ReportCost, decode_request,
+    AGENT_CHANNEL_VERSION, AgentBudget, AgentError, AgentErrorKind, AgentMessage, AgentPush,
+    AgentRequest, AgentResponse, AgentWelcome, MAX_LABEL_LEN, ReportCost, decode_request,
 };
 use ironcage_shared::framing;
+use ironcage_shared::protocol::SecretEnv;
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::net::UnixStream;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::broadcast;
+
+/// The secrets one reload changed (a new current version, a rollback, a
+/// removal), as `name@environment`.
+pub type Rotated = Arc<BTreeSet<SecretRef>>;
 
 /// What channels need from the rest of the daemon, set once it is running.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CageServices {
     budget: OnceLock<BudgetHandle>,
+    secrets: OnceLock<Secrets>,
+    /// Every channel subscribes; each pushes the names its agent is granted.
+    rotations: broadcast::Sender<Rotated>,
+    /// The store's heads at start or at the last reload (`None`: unknown,
+    /// so the next reload counts every secret as rotated).
+    seen: Mutex<Option<Heads>>,
+}
+
+impl Default for CageServices {
+    fn default() -> Self {
+        CageServices {
+            budget: OnceLock::new(),
+            secrets: OnceLock::new(),
+            rotations: broadcast::channel(16).0,
+            seen: Mutex::new(None),
+        }
+    }
 }
 
 impl CageServices {
     /// Called once at start-up, after the ledger started (before any agent).
     pub fn set_budget(&self, budget: BudgetHandle) {
         let _ = self.budget.set(budget);
+    }
+
+    /// Called once at start-up, before any agent: `iron_cage.secret()` reads
+    /// through it, and the store's current versions become the baseline the
+    /// next reload is compared with. Blocks briefly (one read transaction).
+    pub fn set_secrets(&self, secrets: Secrets) {
+        if let Ok(vault) = secrets.vault() {
+            match vault.heads() {
+                Ok(h) => *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(h),
+                Err(e) => tracing::warn!(
+                    "cannot read the secrets' versions ({e}); the first reload will tell agents every granted secret rotated"
+                ),
+            }
+        }
+        let _ = self.secrets.set(secrets);
+    }
+
+    /// After a successful secrets reload, with the store's heads read by it:
+    /// tells every running agent granted one of the secrets that changed
+    /// since the previous reload (or start). Returns how many changed.
+    pub fn secrets_reloaded(&self, heads: Heads) -> usize {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let changed: BTreeSet<SecretRef> = match seen.as_ref() {
+            None => heads.keys().map(secret_ref).collect(),
+            Some(old) => heads
+                .iter()
+                .filter(|(k, v)| old.get(*k) != Some(*v))
+                .map(|(k, _)| secret_ref(k))
+                .chain(
+                    old.keys()
+                        .filter(|k| !heads.contains_key(*k))
+                        .map(secret_ref),
+                )
+                .collect(),
+        };
+        *seen = Some(heads);
+        let n = changed.len();
+        if n > 0 {
+            // No receiver (no agent running) is not an error.
+            let _ = self.rotations.send(Arc::new(changed));
+        }
+        n
+    }
+}
+
+fn secret_ref((name, env): &(String, SecretEnv)) -> SecretRef {
+    SecretRef {
+        name: name.clone(),
+        env: *env,
     }
 }
 
@@ -67,13 +144,29 @@ impl Liveness {
 }
 
 /// Serves one agent's channel until the agent closes it or breaks the framing.
+///
+/// `grants` are the agent's secrets (`AgentSpec::secrets`): what
+/// `iron_cage.secret()` may read, and which rotations are pushed to it. Pushes
+/// are written by a task of their own through the write half the replies use,
+/// under one lock, so frames never interleave.
 pub async fn serve(
     stream: UnixStream,
     agent: AgentName,
+    grants: Vec<SecretGrant>,
     services: Arc<CageServices>,
     live: Arc<Liveness>,
 ) {
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, wr) = stream.into_split();
+    let wr = Arc::new(tokio::sync::Mutex::new(wr));
+    let grants = Arc::new(grants);
+    let pusher = (!grants.is_empty()).then(|| {
+        tokio::spawn(push_rotations(
+            services.rotations.subscribe(),
+            grants.clone(),
+            wr.clone(),
+            agent.clone(),
+        ))
+    });
     let mut greeted = false;
     loop {
         let payload = match framing::read_frame(&mut rd).await {
@@ -125,15 +218,53 @@ pub async fn serve(
                 ),
                 true,
             ),
-            Ok(r) => (handle(r, &agent, &services).await, false),
+            Ok(r) => (handle(r, &agent, &grants, &services).await, false),
         };
         let msg = AgentMessage::Reply { id, response };
-        if let Err(e) = framing::write_message(&mut wr, &msg).await {
+        if let Err(e) = framing::write_message(&mut *wr.lock().await, &msg).await {
             tracing::debug!(agent = %agent, "agent channel write failed: {e}");
             break;
         }
         if close {
             break;
+        }
+    }
+    if let Some(p) = pusher {
+        p.abort();
+    }
+}
+
+/// Writes a `SecretsRotated` push for every reload that changed one of the
+/// agent's grants (names only, never a value).
+async fn push_rotations(
+    mut rx: broadcast::Receiver<Rotated>,
+    grants: Arc<Vec<SecretGrant>>,
+    wr: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    agent: AgentName,
+) {
+    loop {
+        let names: BTreeSet<String> = match rx.recv().await {
+            Ok(changed) => grants
+                .iter()
+                .filter(|g| changed.contains(&g.secret))
+                .map(|g| g.secret.name.clone())
+                .collect(),
+            // Missed some reloads: say every grant may have rotated.
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                grants.iter().map(|g| g.secret.name.clone()).collect()
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        if names.is_empty() {
+            continue;
+        }
+        tracing::info!(agent = %agent, secrets = ?names, "telling the agent its secrets rotated");
+        let msg = AgentMessage::Push(AgentPush::SecretsRotated {
+            names: names.into_iter().collect(),
+        });
+        if let Err(e) = framing::write_message(&mut *wr.lock().await, &msg).await {
+            tracing::debug!(agent = %agent, "agent channel push failed: {e}");
+            return;
         }
     }
 }
@@ -142,7 +273,12 @@ fn error(kind: AgentErrorKind, msg: impl Into<String>) -> AgentResponse {
     AgentResponse::Error(AgentError::new(kind, msg))
 }
 
-async fn handle(req: AgentRequest, agent: &AgentName, services: &CageServices) -> AgentResponse {
+async fn handle(
+    req: AgentRequest,
+    agent: &AgentName,
+    grants: &Arc<Vec<SecretGrant>>,
+    services: &CageServices,
+) -> AgentResponse {
     match req {
         // Answered by `serve` before anything else reaches here.
         AgentRequest::Hello(_) => error(
@@ -161,16 +297,55 @@ async fn handle(req: AgentRequest, agent: &AgentName, services: &CageServices) -
             None => ledger_down(),
             Some(b) => report_cost(b, agent, r).await,
         },
-        AgentRequest::Secret(s) => {
-            // The secrets store is another part of the daemon; until it is
-            // wired here, say so (never a value, never a guess).
-            let _ = s.name;
-            error(
-                AgentErrorKind::Unavailable,
-                "the secrets store is not available in this build yet: iron_cage.secret() cannot return a secret",
-            )
-        }
+        AgentRequest::Secret(s) => read_secret(services, agent, grants, s.name).await,
     }
+}
+
+/// `iron_cage.secret(name)`: the vault enforces the grants and records the
+/// read (or the refusal) durably before anything is answered.
+async fn read_secret(
+    services: &CageServices,
+    agent: &AgentName,
+    grants: &Arc<Vec<SecretGrant>>,
+    name: String,
+) -> AgentResponse {
+    let Some(secrets) = services.secrets.get() else {
+        return error(
+            AgentErrorKind::Unavailable,
+            format!(
+                "iron_cage.secret({name:?}): the secrets store is not running (the daemon is starting or shutting down)"
+            ),
+        );
+    };
+    let vault = match secrets.vault() {
+        Ok(v) => v.clone(),
+        Err(e) => return secret_refused(agent, &name, e),
+    };
+    let (who, g, n) = (agent.clone(), grants.clone(), name.clone());
+    match tokio::task::spawn_blocking(move || vault.read_for_agent(who.as_str(), &g, &n)).await {
+        Ok(Ok(value)) => {
+            tracing::debug!(agent = %agent, secret = %name, "agent read a secret");
+            AgentResponse::Secret(value.expose().to_owned())
+        }
+        Ok(Err(e)) => secret_refused(agent, &name, e),
+        Err(e) => error(
+            AgentErrorKind::Unavailable,
+            format!("iron_cage.secret({name:?}): the read did not complete ({e})"),
+        ),
+    }
+}
+
+/// Not granted / not in the store are `NotFound`, everything else that keeps
+/// the value from the agent `Unavailable` (the module raises
+/// `SecretsUnavailable` for both). The messages hold names, never values.
+fn secret_refused(agent: &AgentName, name: &str, e: SecretsError) -> AgentResponse {
+    let kind = match &e {
+        SecretsError::NotGranted { .. } | SecretsError::NotFound { .. } => AgentErrorKind::NotFound,
+        SecretsError::Invalid(_) => AgentErrorKind::Invalid,
+        _ => AgentErrorKind::Unavailable,
+    };
+    tracing::warn!(agent = %agent, secret = %name, "iron_cage.secret() refused: {e}");
+    error(kind, format!("iron_cage.secret({name:?}): {e}"))
 }
 
 fn ledger_down() -> AgentResponse {
@@ -281,12 +456,20 @@ mod tests {
     }
 
     fn start() -> (UnixStream, Arc<Liveness>, tokio::task::JoinHandle<()>) {
+        start_with(Vec::new(), Arc::new(CageServices::default()))
+    }
+
+    fn start_with(
+        grants: Vec<SecretGrant>,
+        services: Arc<CageServices>,
+    ) -> (UnixStream, Arc<Liveness>, tokio::task::JoinHandle<()>) {
         let (ours, theirs) = UnixStream::pair().unwrap();
         let live = Liveness::new();
         let task = tokio::spawn(serve(
             ours,
             "agent-a".parse().unwrap(),
-            Arc::new(CageServices::default()),
+            grants,
+            services,
             live.clone(),
         ));
         (theirs, live, task)
@@ -333,7 +516,7 @@ mod tests {
         match round_trip(&mut s, 9, secret).await {
             Some(AgentResponse::Error(e)) => {
                 assert_eq!(e.kind, AgentErrorKind::Unavailable);
-                assert!(e.message.contains("secrets store is not available"), "{e}");
+                assert!(e.message.contains("secrets store is not running"), "{e}");
             }
             other => panic!("{other:?}"),
         }
@@ -364,6 +547,123 @@ mod tests {
             AgentErrorKind::Handshake
         );
         assert!(framing::read_frame(&mut s).await.unwrap().is_none());
+        task.await.unwrap();
+    }
+
+    fn grant(name: &str) -> SecretGrant {
+        SecretGrant {
+            secret: SecretRef {
+                name: name.into(),
+                env: SecretEnv::Production,
+            },
+            delivery: crate::config::Delivery::File,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn secrets_are_read_through_the_grants_and_rotations_are_pushed() {
+        use crate::audit::Actor;
+        use ironcage_shared::protocol::AuditOutcome;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::Store::open(dir.path()).unwrap());
+        let key =
+            crate::secrets::master::MasterKey::new(b"channel test key".to_vec(), "test").unwrap();
+        let secrets =
+            tokio::task::spawn_blocking(move || Secrets::open(store, Some(&key), 3).unwrap())
+                .await
+                .unwrap();
+        let vault = secrets.vault().unwrap().clone();
+        let admin = Actor::daemon();
+        vault
+            .set(&admin, "DB", SecretEnv::Production, "db-one")
+            .unwrap();
+        vault
+            .set(&admin, "OTHER", SecretEnv::Production, "not-yours")
+            .unwrap();
+        vault
+            .set(&admin, "UNRELATED", SecretEnv::Production, "u1")
+            .unwrap();
+        let services = Arc::new(CageServices::default());
+        services.set_secrets(secrets.clone());
+        let (mut s, _, task) = start_with(vec![grant("DB")], services.clone());
+        round_trip(&mut s, 1, hello(AGENT_CHANNEL_VERSION))
+            .await
+            .unwrap();
+        let ask = |name: &str| AgentRequest::Secret(SecretRequest { name: name.into() });
+        assert_eq!(
+            round_trip(&mut s, 2, ask("DB")).await,
+            Some(AgentResponse::Secret("db-one".into()))
+        );
+        match round_trip(&mut s, 3, ask("OTHER")).await {
+            Some(AgentResponse::Error(e)) => {
+                assert_eq!(e.kind, AgentErrorKind::NotFound);
+                assert!(e.message.contains("not granted"), "{e}");
+                assert!(!e.message.contains("not-yours"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let entries = secrets.audit().log().entries(None, 100).unwrap();
+        let reads: Vec<_> = entries
+            .iter()
+            .filter(|e| e.action == "secret read")
+            .map(|e| (e.target.clone(), e.outcome))
+            .collect();
+        assert_eq!(
+            reads,
+            vec![
+                ("DB@production".to_owned(), AuditOutcome::Ok),
+                ("OTHER".to_owned(), AuditOutcome::Denied)
+            ]
+        );
+
+        // A reload that changed nothing the agent holds pushes nothing; one
+        // that rotated its secret pushes the name, before the next reply.
+        vault
+            .set(&admin, "UNRELATED", SecretEnv::Production, "u2")
+            .unwrap();
+        assert_eq!(services.secrets_reloaded(vault.heads().unwrap()), 1);
+        assert_eq!(services.secrets_reloaded(vault.heads().unwrap()), 0);
+        vault
+            .set(&admin, "DB", SecretEnv::Production, "db-two")
+            .unwrap();
+        assert_eq!(services.secrets_reloaded(vault.heads().unwrap()), 1);
+        match framing::read_message::<_, AgentMessage>(&mut s)
+            .await
+            .unwrap()
+        {
+            Some(AgentMessage::Push(AgentPush::SecretsRotated { names })) => {
+                assert_eq!(names, vec!["DB".to_owned()])
+            }
+            other => panic!("expected the rotation push, got {other:?}"),
+        }
+        assert_eq!(
+            round_trip(&mut s, 4, ask("DB")).await,
+            Some(AgentResponse::Secret("db-two".into()))
+        );
+        drop(s);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_disabled_store_is_unavailable_with_how_to_fix_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::Store::open(dir.path()).unwrap());
+        let services = Arc::new(CageServices::default());
+        services.set_secrets(Secrets::open(store, None, 3).unwrap());
+        let (mut s, _, task) = start_with(vec![grant("DB")], services);
+        round_trip(&mut s, 1, hello(AGENT_CHANNEL_VERSION))
+            .await
+            .unwrap();
+        let secret = AgentRequest::Secret(SecretRequest { name: "DB".into() });
+        match round_trip(&mut s, 2, secret).await {
+            Some(AgentResponse::Error(e)) => {
+                assert_eq!(e.kind, AgentErrorKind::Unavailable);
+                assert!(e.message.contains("secrets are disabled"), "{e}");
+                assert!(e.message.contains("IRON_SECRETS_MASTER_KEY"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        drop(s);
         task.await.unwrap();
     }
 }

@@ -5,8 +5,9 @@
 //!   and the `-c` bootstrap a Python agent is started with.
 //! - [`channel`]: one task per running agent serving its end of the socketpair
 //!   created at spawn: Hello, heartbeats (the watchdog's input), budget,
-//!   reported costs, secrets. The agent is known by construction and has the
-//!   Agent role only: the request enum has no control operation.
+//!   reported costs, secrets, and rotation pushes after a secrets reload. The
+//!   agent is known by construction and has the Agent role only: the request
+//!   enum has no control operation.
 
 pub mod channel;
 pub mod module;

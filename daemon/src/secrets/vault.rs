@@ -24,7 +24,12 @@ use crate::store::Store;
 use ironcage_shared::protocol::{AuditOutcome, SecretEnv, SecretInfo, SecretVersionInfo};
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
+
+/// Each secret's current version and when it last changed:
+/// `(name, env) -> (version, updated_ms)` ([`Vault::heads`]).
+pub type Heads = BTreeMap<(String, SecretEnv), (u32, u64)>;
 
 pub(super) const META: TableDefinition<&str, u32> = TableDefinition::new("secrets_meta");
 pub(super) const KEKS: TableDefinition<u32, &[u8]> = TableDefinition::new("secrets_keks");
@@ -628,6 +633,33 @@ impl Vault {
                 updated_ms: head.updated_ms,
                 updated_by: head.updated_by,
             });
+        }
+        Ok(out)
+    }
+
+    /// Which version of each secret is current, and when it last changed:
+    /// `(name, env) -> (version, updated_ms)`. Reads no value (rotation
+    /// pushes compare two of these).
+    pub fn heads(&self) -> Result<Heads, SecretsError> {
+        let store = self.store();
+        let txn = store.begin_read()?;
+        let heads = match txn.open_table(HEADS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(BTreeMap::new()),
+            Err(e) => return Err(store.err("open secrets_heads", e).into()),
+        };
+        let mut out = BTreeMap::new();
+        for r in heads
+            .iter()
+            .map_err(|e| store.err("read secrets_heads", e))?
+        {
+            let (k, v) = r.map_err(|e| store.err("read secrets_heads", e))?;
+            let (name, env_s) = k.value();
+            let Ok(env) = env_s.parse::<SecretEnv>() else {
+                continue;
+            };
+            let head: Head = dec(v.value(), "secret head")?;
+            out.insert((name.to_owned(), env), (head.current, head.updated_ms));
         }
         Ok(out)
     }
