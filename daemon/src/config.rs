@@ -680,6 +680,9 @@ impl AgentSpec {
             && self.python == other.python
             // The heartbeat interval is handed over at spawn.
             && self.watchdog == other.watchdog
+            // Grants are delivered (files, env, the channel's list) at spawn: a
+            // grant added or revoked takes effect by restarting the agent.
+            && self.secrets == other.secrets
     }
 }
 
@@ -1533,6 +1536,12 @@ mod tests {
         assert_eq!(g.len(), 3);
         assert_eq!(g[1].secret.to_string(), "TOKEN@staging");
         assert_eq!(g[2].delivery, Delivery::Env("STRIPE".into()));
+        // A revoked grant is a different process: the reload restarts the
+        // agent, so its files, env and channel lose the secret.
+        let revoked =
+            parse("[[agent]]\nname = \"a\"\ncommand = [\"x\"]\nsecrets = [\"DB\"]\n").unwrap();
+        assert!(!c.agents[0].same_process(&revoked.agents[0]));
+        assert!(revoked.agents[0].same_process(&revoked.agents[0].clone()));
         let base = "[[provider]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"https://x/v1\"\napi_key_secret = \"OPENAI_KEY\"\n";
         for (extra, want) in [
             (

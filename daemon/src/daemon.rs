@@ -98,12 +98,31 @@ impl Daemon {
         use ironcage_shared::protocol::AuditOutcome;
         let _guard = self.reload_lock.lock().await;
         let config = self.config();
+        // No entry, no action: the reload is on record before it changes anything.
+        if let Err(e) = self
+            .secrets
+            .audit()
+            .record_durable(Draft::new(
+                actor.clone(),
+                "secrets reload",
+                "*",
+                AuditOutcome::Requested,
+            ))
+            .await
+        {
+            tracing::error!("secrets reload refused: the audit trail cannot be written: {e}");
+            return Err(format!(
+                "secrets reload refused: the audit trail cannot be written: {e}"
+            ));
+        }
         let result = async {
             let vault = self.secrets.vault().map_err(|e| e.to_string())?.clone();
-            let snapshot = crate::gateway::Snapshot::build_with(&config, Some(&self.secrets), true)?;
             let root = self.paths.credentials_root();
             let agents = config.agents.clone();
+            let secrets = self.secrets.clone();
+            // Store reads and file writes: off the async threads.
             let files = tokio::task::spawn_blocking(move || {
+                let snapshot = crate::gateway::Snapshot::build_with(&config, Some(&secrets), true)?;
                 // Every agent's values first: a missing one changes no file.
                 let mut pending = Vec::new();
                 for a in &agents {
@@ -118,11 +137,11 @@ impl Daemon {
                 for r in pending {
                     n += r.apply().map_err(|e| e.to_string())?;
                 }
-                Ok::<_, String>((n, heads))
+                Ok::<_, String>((n, heads, snapshot))
             })
             .await
             .map_err(|e| e.to_string())??;
-            let (files, heads) = files;
+            let (files, heads, snapshot) = files;
             let keys = snapshot.providers.iter().filter(|p| p.key.is_some()).count();
             self.gateway.swap_snapshot(snapshot);
             let rotated = self.cage.secrets_reloaded(heads);
@@ -144,6 +163,12 @@ impl Daemon {
             .await
         {
             tracing::error!("cannot record the secrets reload: {e}");
+            return Err(match result {
+                Ok(_) => {
+                    format!("secrets were reloaded, but the outcome could not be recorded: {e}")
+                }
+                Err(why) => format!("{why}; and the failure could not be recorded: {e}"),
+            });
         }
         result
     }

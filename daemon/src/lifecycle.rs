@@ -173,13 +173,26 @@ fn clear_stale_socket(path: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// Creates the socket's directory if needed, searchable by all (0755): the
+/// socket's own mode and the roles decide who may talk, and the daemon's umask
+/// (077) would otherwise lock viewers out. An existing directory is left as
+/// it is (systemd's RuntimeDirectory=, an operator's choice).
+fn socket_dir(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("cannot open up socket directory {}", dir.display()))
+}
+
 fn bind_socket(
     path: &Path,
     group: Option<&str>,
 ) -> anyhow::Result<std::os::unix::net::UnixListener> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
+        socket_dir(dir)?;
     }
     clear_stale_socket(path)?;
     let l = std::os::unix::net::UnixListener::bind(path)
@@ -227,6 +240,7 @@ fn raise_nofile() {
 /// Runs the daemon until SIGTERM/SIGINT or `shutdown` fires. Blocks the calling
 /// thread, which becomes the actor thread.
 pub fn run(opts: RunOptions, shutdown: Shutdown) -> anyhow::Result<()> {
+    crate::util::restrict_umask();
     let mut config =
         crate::config::Config::load(&opts.config).map_err(|e: ConfigError| anyhow::anyhow!(e))?;
     if let Some(s) = &opts.socket {
@@ -253,8 +267,7 @@ pub fn run(opts: RunOptions, shutdown: Shutdown) -> anyhow::Result<()> {
     let mut socket_lock_path = paths.socket.clone().into_os_string();
     socket_lock_path.push(".lock");
     if let Some(dir) = paths.socket.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
+        socket_dir(dir)?;
     }
     let _socket_lock = lock(
         Path::new(&socket_lock_path),

@@ -284,10 +284,14 @@ impl AgentActor {
                 .env("ANTHROPIC_API_KEY", key);
         }
         let parent = std::process::id();
-        // SAFETY: only async-signal-safe calls (prctl, getppid, signal, fcntl)
-        // run between fork and exec.
+        let umask = crate::util::agent_umask();
+        // SAFETY: only async-signal-safe calls (prctl, getppid, signal, fcntl,
+        // umask) run between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
+                // The daemon's own files are private (umask 077); the agent
+                // gets the umask the daemon was started with.
+                libc::umask(umask);
                 // The agent's end of its channel is the one descriptor it
                 // inherits (everything the daemon opens is close-on-exec, and
                 // this is cleared only here, in the child).

@@ -10,7 +10,25 @@ use tokio::sync::oneshot;
 /// Most entries committed in one transaction.
 const MAX_BATCH: usize = 4096;
 
-type Reply = oneshot::Sender<Result<u64, String>>;
+/// Where the writer answers: an async waiter, or a blocked thread (which may
+/// be one a runtime drives, such as the actor thread: no tokio blocking call).
+enum Reply {
+    Async(oneshot::Sender<Result<u64, String>>),
+    Sync(mpsc::Sender<Result<u64, String>>),
+}
+
+impl Reply {
+    fn send(self, r: Result<u64, String>) {
+        match self {
+            Reply::Async(t) => {
+                let _ = t.send(r);
+            }
+            Reply::Sync(t) => {
+                let _ = t.send(r);
+            }
+        }
+    }
+}
 
 enum Msg {
     Entry(Draft, Option<Reply>),
@@ -93,7 +111,7 @@ impl AuditHandle {
     /// An error means the entry is not on record: fail the operation.
     pub async fn record_durable(&self, d: Draft) -> Result<u64, AuditError> {
         let (tx, rx) = oneshot::channel();
-        self.inner.send(Msg::Entry(d, Some(tx)))?;
+        self.inner.send(Msg::Entry(d, Some(Reply::Async(tx))))?;
         match rx.await {
             Ok(Ok(seq)) => Ok(seq),
             Ok(Err(msg)) => Err(AuditError::Write(msg)),
@@ -103,13 +121,35 @@ impl AuditHandle {
 
     /// [`AuditHandle::record_durable`] for a blocking thread.
     pub fn record_durable_blocking(&self, d: Draft) -> Result<u64, AuditError> {
-        let (tx, rx) = oneshot::channel();
-        self.inner.send(Msg::Entry(d, Some(tx)))?;
-        match rx.blocking_recv() {
+        let (tx, rx) = mpsc::channel();
+        self.inner.send(Msg::Entry(d, Some(Reply::Sync(tx))))?;
+        match rx.recv() {
             Ok(Ok(seq)) => Ok(seq),
             Ok(Err(msg)) => Err(AuditError::Write(msg)),
             Err(_) => Err(AuditError::Closed),
         }
+    }
+}
+
+impl AuditHandle {
+    /// Queues every draft at once (so they share a group commit) and waits
+    /// until all are durable. An error: not all are on record.
+    pub fn record_all_durable_blocking(&self, drafts: Vec<Draft>) -> Result<(), AuditError> {
+        let (tx, rx) = mpsc::channel();
+        let n = drafts.len();
+        for d in drafts {
+            self.inner
+                .send(Msg::Entry(d, Some(Reply::Sync(tx.clone()))))?;
+        }
+        drop(tx);
+        for _ in 0..n {
+            match rx.recv() {
+                Ok(Ok(_)) => {}
+                Ok(Err(msg)) => return Err(AuditError::Write(msg)),
+                Err(_) => return Err(AuditError::Closed),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -138,7 +178,7 @@ fn writer(log: &AuditLog, rx: &mpsc::Receiver<Msg>) {
             Ok(seqs) => {
                 for (r, seq) in replies.into_iter().zip(seqs) {
                     if let Some(r) = r {
-                        let _ = r.send(Ok(seq));
+                        r.send(Ok(seq));
                     }
                 }
             }
@@ -149,7 +189,7 @@ fn writer(log: &AuditLog, rx: &mpsc::Receiver<Msg>) {
                     tracing::error!("{lost} audit entries could not be written: {msg}");
                 }
                 for r in replies.into_iter().flatten() {
-                    let _ = r.send(Err(msg.clone()));
+                    r.send(Err(msg.clone()));
                 }
             }
         }

@@ -125,12 +125,16 @@ async fn connection(
     }
     let config = daemon.config();
     let Some(role) = auth::role_for(&peer, &config.access, daemon.daemon_uid) else {
-        let msg = format!(
-            "{} may not use this socket: it needs the viewer or admin role; add \"uid:{}\" (or its user or group) to [access] viewers or admins in {}",
-            peer.describe(),
-            peer.uid,
-            daemon.paths.config.display()
-        );
+        let msg = if peer.in_agent {
+            "this process runs inside an agent supervised by ironcaged, and agents may not use the control socket; an agent asks the daemon through its own channel (the iron_cage module, IRONCAGE_FD)".to_owned()
+        } else {
+            format!(
+                "{} may not use this socket: it needs the viewer or admin role; add \"uid:{}\" (or its user or group) to [access] viewers or admins in {}",
+                peer.describe(),
+                peer.uid,
+                daemon.paths.config.display()
+            )
+        };
         tracing::warn!(uid = peer.uid, pid = ?peer.pid, "refused control connection: no role");
         let denial = Draft::new(
             Actor::peer(peer.uid, None, peer.describe()),
@@ -138,7 +142,11 @@ async fn connection(
             "control socket",
             AuditOutcome::Denied,
         )
-        .detail("no role");
+        .detail(if peer.in_agent {
+            "caller runs inside an agent"
+        } else {
+            "no role"
+        });
         if let Err(e) = daemon.secrets.audit().record_durable(denial).await {
             tracing::error!("cannot record a denial: {e}");
         }

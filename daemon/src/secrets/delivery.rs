@@ -106,6 +106,7 @@ fn read_all(
     grants: &[SecretGrant],
 ) -> Result<Vec<SecretString>, SecretsError> {
     let mut values = Vec::with_capacity(grants.len());
+    let mut drafts = Vec::with_capacity(grants.len());
     for g in grants {
         let v = vault.read_current(&g.secret.name, g.secret.env).map_err(|e| match e {
             SecretsError::NotFound { name, env } => SecretsError::Invalid(format!(
@@ -122,7 +123,7 @@ fn read_all(
             .log()
             .value_mac(v.expose().as_bytes())
             .unwrap_or_default();
-        vault.audit().record(
+        drafts.push(
             Draft::new(
                 Actor::agent(agent),
                 "secret delivered",
@@ -133,6 +134,9 @@ fn read_all(
         );
         values.push(v);
     }
+    // Every read is on record (one group commit) before a value is written
+    // anywhere; if the trail cannot be written, nothing is delivered.
+    vault.audit().record_all_durable_blocking(drafts)?;
     Ok(values)
 }
 

@@ -419,7 +419,11 @@ impl Vault {
             .insert((name, env.as_str(), version), enc(&rec).as_slice())
             .map_err(|e| store.err("write secrets_versions", e))?;
         head.current = version;
-        head.next = version + 1;
+        head.next = version.checked_add(1).ok_or_else(|| {
+            SecretsError::Invalid(format!(
+                "{name}@{env} cannot take another version (version {version} is the last one); remove it and set it again"
+            ))
+        })?;
         head.updated_ms = updated;
         head.updated_by = by;
         heads

@@ -593,3 +593,51 @@ fn audit_tail_follow_prints_new_entries_as_they_commit() {
     let _ = tail.kill();
     let _ = tail.wait();
 }
+
+/// A prompt-injected tool call runs `ironctl` inside the agent, with the
+/// daemon's uid: it gets no role at all (not the admin role that uid would
+/// have), so it cannot export the secrets or steer the daemon.
+#[test]
+fn an_agent_cannot_use_the_control_socket_even_with_the_daemons_uid() {
+    let ctl = bin("ironctl");
+    let script = format!(
+        "while [ ! -e {{dir}}/go ]; do sleep 0.05; done; c={ctl}; s={{dir}}/run/ironcaged.sock; \"$c\" --socket \"$s\" secrets export --format flat --env production; echo \"export-exit=$?\"; \"$c\" --socket \"$s\" agents kill victim; echo \"kill-exit=$?\"; exec sleep 1000",
+        ctl = ctl.display()
+    );
+    let agent = sh_agent("injected", &script, "");
+    let victim = sh_agent("victim", "exec sleep 1000", "");
+    let mut d = Daemon::new(&format!("{agent}{victim}"));
+    start(&mut d, KEY_A);
+    set(&d, "CANARY", "production", CANARY);
+    let victim_pid = d.wait_running("victim");
+    // The agent goes once the secret is there to steal.
+    std::fs::write(d.path().join("go"), "").unwrap();
+    let logs = d.wait_log("injected", "kill-exit=");
+    let text = logs.join("\n");
+    assert!(text.contains("export-exit=1"), "{text}");
+    assert!(text.contains("kill-exit=1"), "{text}");
+    assert!(text.contains("runs inside an agent"), "{text}");
+    assert!(!text.contains(CANARY), "the export leaked: {text}");
+    assert_eq!(
+        d.wait_running("victim"),
+        victim_pid,
+        "the victim was not killed"
+    );
+    // The same uid from outside the agent (this test) is still an admin.
+    assert!(
+        d.ctl_ok(&[
+            "secrets",
+            "export",
+            "--format",
+            "flat",
+            "--env",
+            "production"
+        ])
+        .contains(CANARY)
+    );
+    let denials: Vec<_> = audit(&d)
+        .into_iter()
+        .filter(|e| e["action"] == "connect" && e["detail"] == "caller runs inside an agent")
+        .collect();
+    assert_eq!(denials.len(), 2, "{denials:?}");
+}
