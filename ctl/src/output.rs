@@ -25,6 +25,19 @@ pub fn emit(text: &str) -> Result<(), StdoutError> {
 }
 
 /// Pretty JSON of `value`, newline-terminated.
+/// A new file only its owner can read (exports hold secrets or the audit
+/// trail); refuses to overwrite an existing one.
+pub fn create_private(p: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use anyhow::Context as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(p)
+        .with_context(|| format!("cannot create {} (it must not exist yet)", p.display()))
+}
+
 pub fn json_pretty<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<String> {
     let mut s = serde_json::to_string_pretty(value)?;
     s.push('\n');

@@ -8,7 +8,6 @@ use anyhow::{Context as _, bail};
 use clap::Subcommand;
 use ironcage_shared::protocol::{AuditEntry, AuditTailRequest, Request, Response};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Entries per page of `export` (the daemon's maximum).
@@ -155,16 +154,7 @@ fn verify(ctx: &Ctx) -> anyhow::Result<()> {
 
 fn export(ctx: &Ctx, out: Option<&Path>) -> anyhow::Result<()> {
     let mut file = match out {
-        Some(p) => Some(
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(p)
-                .with_context(|| {
-                    format!("cannot create {} (it must not exist yet)", p.display())
-                })?,
-        ),
+        Some(p) => Some(output::create_private(p)?),
         None => None,
     };
     let mut client = ctx.connect()?;

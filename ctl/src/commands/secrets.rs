@@ -16,7 +16,6 @@ use ironcage_shared::protocol::{
     SecretsRekeyRequest,
 };
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Args)]
@@ -326,16 +325,7 @@ fn export(
 ) -> anyhow::Result<()> {
     // Create the file first: a refusal should not cost an audited export.
     let file = match out {
-        Some(p) => Some(
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(p)
-                .with_context(|| {
-                    format!("cannot create {} (it must not exist yet)", p.display())
-                })?,
-        ),
+        Some(p) => Some(output::create_private(p)?),
         None => None,
     };
     let req = Request::SecretsExport(SecretsExportRequest { format, env });

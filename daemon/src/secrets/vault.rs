@@ -133,6 +133,25 @@ fn dec<'a, T: Deserialize<'a>>(b: &'a [u8], what: &str) -> Result<T, SecretsErro
     postcard::from_bytes(b).map_err(|e| SecretsError::Damaged(format!("{what}: {e}")))
 }
 
+/// The head (current version, metadata) of `name@env`; `NotFound` if unset.
+fn read_head(
+    heads: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    store: &Store,
+    name: &str,
+    env: SecretEnv,
+) -> Result<Head, SecretsError> {
+    match heads
+        .get((name, env.as_str()))
+        .map_err(|e| store.err("read secrets_heads", e))?
+    {
+        Some(h) => dec(h.value(), "secret head"),
+        None => Err(SecretsError::NotFound {
+            name: name.into(),
+            env,
+        }),
+    }
+}
+
 fn target(name: &str, env: SecretEnv) -> String {
     format!("{name}@{env}")
 }
@@ -470,18 +489,7 @@ impl Vault {
             }
             Err(e) => return Err(store.err("open secrets_heads", e).into()),
         };
-        let head: Head = match heads
-            .get((name, env.as_str()))
-            .map_err(|e| store.err("read secrets_heads", e))?
-        {
-            Some(h) => dec(h.value(), "secret head")?,
-            None => {
-                return Err(SecretsError::NotFound {
-                    name: name.into(),
-                    env,
-                });
-            }
-        };
+        let head: Head = read_head(&heads, store, name, env)?;
         let version = version.unwrap_or(head.current);
         let versions = txn
             .open_table(VERSIONS)
@@ -718,18 +726,7 @@ impl Vault {
                 });
             }
         };
-        let head: Head = match heads
-            .get((name, env.as_str()))
-            .map_err(|e| store.err("read secrets_heads", e))?
-        {
-            Some(h) => dec(h.value(), "secret head")?,
-            None => {
-                return Err(SecretsError::NotFound {
-                    name: name.into(),
-                    env,
-                });
-            }
-        };
+        let head: Head = read_head(&heads, store, name, env)?;
         let mut out = Vec::new();
         for r in versions
             .range((name, env.as_str(), 0)..=(name, env.as_str(), u32::MAX))
@@ -763,18 +760,7 @@ impl Vault {
             let mut heads = txn
                 .open_table(HEADS)
                 .map_err(|e| store.err("open secrets_heads", e))?;
-            let mut head: Head = match heads
-                .get((name, env.as_str()))
-                .map_err(|e| store.err("read secrets_heads", e))?
-            {
-                Some(h) => dec(h.value(), "secret head")?,
-                None => {
-                    return Err(SecretsError::NotFound {
-                        name: name.into(),
-                        env,
-                    });
-                }
-            };
+            let mut head: Head = read_head(&heads, store, name, env)?;
             let from = head.current;
             head.current = version;
             head.updated_ms = crate::util::unix_ms();
