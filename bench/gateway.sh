@@ -55,7 +55,7 @@ prompt = {}' ;;
 prompt = { email = "redact", phone = "redact", secrets = "block", default = "log" }' ;;
         *) echo "unknown PII mode $mode (off, default, redact)"; exit 2 ;;
     esac
-    rm -rf "$RUN/state" "$RUN/report.txt"
+    rm -rf "$RUN/state" "$RUN/report.txt" "$RUN/report.part"
     cat > "$RUN/ironcaged.toml" <<TOML
 [daemon]
 socket = "$RUN/ironcaged.sock"
@@ -75,7 +75,7 @@ restart = "never"
 budget_usd = 100000.0
 budget_period = "day"
 # \$PPID is ironcaged itself: its CPU per request is reported.
-command = ["sh", "-c", "exec $BIN/gateway-bench --target \"\$OPENAI_BASE_URL\" --api-key \"\$OPENAI_API_KEY\" --direct $MOCK --direct-api-key sk-bench-real --rate $RATE --duration-secs $DURATION --warmup-secs $WARMUP --connections 32 --prompt-bytes $PROMPT_BYTES --model gpt-4o-mini --target-pid \$PPID --direct-pid $MOCK_PID > $RUN/report.txt 2>&1"]
+command = ["sh", "-c", "$BIN/gateway-bench --target \"\$OPENAI_BASE_URL\" --api-key \"\$OPENAI_API_KEY\" --direct $MOCK --direct-api-key sk-bench-real --rate $RATE --duration-secs $DURATION --warmup-secs $WARMUP --connections 32 --prompt-bytes $PROMPT_BYTES --model gpt-4o-mini --target-pid \$PPID --direct-pid $MOCK_PID > $RUN/report.part 2>&1; mv $RUN/report.part $RUN/report.txt"]
 
 $pii_agent
 TOML
@@ -86,11 +86,14 @@ TOML
     for _ in $(seq 1 300); do "$BIN/ironctl" daemon ping >/dev/null 2>&1 && break; sleep 0.1; done
     echo "=== PII mode: $mode ==="
     echo "running: ${RATE} req/s for ${DURATION}s per phase (direct, gateway, direct), ${PROMPT_BYTES}-byte prompts..."
-    for _ in $(seq 1 $(( (3 * (DURATION + WARMUP) + 60) * 10 ))); do
-        state=$("$BIN/ironctl" --json agents status bench | sed -n 's/.*"state": "\([a-z_]*\)".*/\1/p')
-        [ "$state" = exited ] && break
-        sleep 0.1
+    # Wait for the report without touching the daemon: polling `ironctl`
+    # here would fork, exec and open a control connection ten times a second
+    # on the machine being measured.
+    for _ in $(seq 1 $(( 3 * (DURATION + WARMUP) + 60 ))); do
+        [ -e "$RUN/report.txt" ] && break
+        sleep 1
     done
+    [ -e "$RUN/report.txt" ] || { echo "gateway-bench did not finish; partial output:"; cat "$RUN/report.part" 2>/dev/null; exit 1; }
     cat "$RUN/report.txt"
     echo
     "$BIN/ironctl" budget show bench
