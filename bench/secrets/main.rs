@@ -7,6 +7,8 @@
 //!   value); target <= 1 ms;
 //! - audited get: `secrets get` as an operator runs it (the read plus its
 //!   audit entry, durable: an fsync'd commit);
+//! - one durable audit entry per commit (with a master key, each commit ends
+//!   on a chained checkpoint), and a burst of 1,000 queued entries;
 //! - spawn delivery: what 50 granted secrets add to an agent's spawn (read
 //!   all, write 50 files 0400 into a fresh 0700 directory); target <= 5 ms.
 //!
