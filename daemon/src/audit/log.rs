@@ -294,7 +294,7 @@ pub fn hex(b: &[u8]) -> String {
 
 /// 64 hex digits (either case) as 32 bytes.
 pub fn unhex32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
+    if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut out = [0u8; 32];
@@ -509,7 +509,7 @@ impl AuditLog {
             }
             if key.is_some() && last_seq > last_checkpoint {
                 tracing::warn!(
-                    "audit entries {}..={last_seq} are not covered by a checkpoint (written without the master key); the next audit write covers them",
+                    "audit entries {}..={last_seq} are not covered by a checkpoint: written without the master key, or their checkpoints were deleted while the daemon was stopped; the next audit write covers them (`ironctl audit verify --anchor` with a recorded head tells which)",
                     last_checkpoint + 1
                 );
             }

@@ -625,3 +625,18 @@ fn a_schema_1_database_without_a_key_and_with_a_clean_tail_verifies() {
         "{r:?}"
     );
 }
+
+#[test]
+fn an_anchor_mac_is_exactly_64_hex_digits() {
+    let good = "aB".repeat(32);
+    assert_eq!(log::unhex32(&good), Some([0xab; 32]));
+    for bad in [
+        "ab".repeat(31),
+        "ab".repeat(33),
+        format!("+f{}", "ab".repeat(31)),
+        format!("zz{}", "ab".repeat(31)),
+        format!("é{}", "a".repeat(62)),
+    ] {
+        assert_eq!(log::unhex32(&bad), None, "{bad}");
+    }
+}
