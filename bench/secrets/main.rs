@@ -7,6 +7,8 @@
 //!   value); target <= 1 ms;
 //! - audited get: `secrets get` as an operator runs it (the read plus its
 //!   audit entry, durable: an fsync'd commit);
+//! - one durable audit entry per commit (with a master key, each commit ends
+//!   on a chained checkpoint), and a burst of 1,000 queued entries;
 //! - spawn delivery: what 50 granted secrets add to an agent's spawn (read
 //!   all, write 50 files 0400 into a fresh 0700 directory); target <= 5 ms.
 //!
@@ -28,6 +30,9 @@ struct Args {
     /// Reads to time.
     #[arg(long, default_value_t = 20_000)]
     reads: usize,
+    /// Single durable audit entries to time (one commit each).
+    #[arg(long, default_value_t = 500)]
+    entries: usize,
     /// Spawn deliveries to time.
     #[arg(long, default_value_t = 200)]
     spawns: usize,
@@ -139,6 +144,26 @@ fn main() -> anyhow::Result<()> {
     figures.push(Figure {
         name: "audited get (read + durable entry)",
         n: 200,
+        p50,
+        p99,
+        target: "-",
+    });
+
+    // One entry per commit: the audit trail's per-transaction cost (fsync,
+    // and with a master key one checkpoint HMAC per commit).
+    let (p50, p99) = time(args.entries, || {
+        s.audit()
+            .record_durable_blocking(ironcaged::audit::Draft::new(
+                Actor::daemon(),
+                "bench entry",
+                "",
+                ironcage_shared::protocol::AuditOutcome::Ok,
+            ))?;
+        Ok(())
+    })?;
+    figures.push(Figure {
+        name: "one durable audit entry (own commit)",
+        n: args.entries,
         p50,
         p99,
         target: "-",

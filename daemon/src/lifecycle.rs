@@ -371,11 +371,25 @@ pub fn run(opts: RunOptions, shutdown: Shutdown) -> anyhow::Result<()> {
         // The trail ends on a checkpoint (when keyed), so truncation shows.
         let log = secrets.audit().log().clone();
         if log.keyed() {
-            match tokio::task::spawn_blocking(move || log.checkpoint_now()).await {
+            let cp = log.clone();
+            match tokio::task::spawn_blocking(move || cp.checkpoint_now()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::error!("cannot write the final audit checkpoint: {e}"),
                 Err(e) => tracing::error!("cannot write the final audit checkpoint: {e}"),
             }
+        }
+        // The journal is a second witness of the head (the MAC is not secret):
+        // a later `ironctl audit verify --anchor SEQ:MAC` catches a rollback.
+        match log.head() {
+            Some((seq, mac)) => tracing::info!(
+                "audit trail head at shutdown: anchor {seq}:{} ({} entries)",
+                crate::audit::log::hex(&mac),
+                log.last_seq()
+            ),
+            None => tracing::info!(
+                "audit trail head at shutdown: no checkpoint yet ({} entries)",
+                log.last_seq()
+            ),
         }
         tracing::info!("all agents stopped; bye");
         anyhow::Ok(())

@@ -74,6 +74,10 @@ pub enum Request {
     AuditTail(AuditTailRequest),
     /// Recompute the audit hash chain and checkpoints (viewer and admin).
     AuditVerify,
+    // --- Audit anchors (issue 7). ---
+    /// `AuditVerify`, and fail unless the anchored checkpoint is still on the
+    /// verified chain with exactly that MAC (viewer and admin).
+    AuditVerifyAnchored(AuditAnchor),
 }
 
 /// The daemon's answer.
@@ -650,6 +654,7 @@ impl Request {
             Request::SecretsImport(_) => "secrets import",
             Request::AuditTail(_) => "audit tail",
             Request::AuditVerify => "audit verify",
+            Request::AuditVerifyAnchored(_) => "audit verify --anchor",
         }
     }
 }
@@ -909,6 +914,34 @@ pub struct AuditVerifyReport {
     pub last_checkpoint: Option<u64>,
     /// Whether checkpoints could be checked (a master key is configured).
     pub keyed: bool,
+    // --- Added with chained checkpoints and anchors (issue 7). ---
+    /// Hex HMAC of the last checkpoint: with `last_checkpoint`, the head an
+    /// operator records outside the machine as an anchor (`SEQ:MAC`).
+    pub head_mac: Option<String>,
+    /// First seq of the tail written without a master key (not covered by a
+    /// checkpoint yet), if there is one.
+    pub uncovered_from: Option<u64>,
+    /// With an anchor: why it does not hold (`None`: it holds, or none given).
+    pub anchor_error: Option<String>,
+}
+
+/// An external anchor: the checkpoint at `seq` had HMAC `mac` (64 hex digits)
+/// when the operator recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditAnchor {
+    pub seq: u64,
+    pub mac: String,
+}
+
+impl AuditVerifyReport {
+    /// `SEQ:MAC` of the head, the form `ironctl audit verify --anchor` takes.
+    pub fn anchor(&self) -> Option<String> {
+        Some(format!(
+            "{}:{}",
+            self.last_checkpoint?,
+            self.head_mac.as_ref()?
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -1053,6 +1086,10 @@ mod tests {
                 wait_ms: 0,
             }),
             Request::AuditVerify,
+            Request::AuditVerifyAnchored(AuditAnchor {
+                seq: 12,
+                mac: "ab".repeat(32),
+            }),
         ];
         for r in &reqs {
             let f = framing::encode(r).unwrap();
@@ -1063,7 +1100,7 @@ mod tests {
         let admin_only: Vec<bool> = reqs.iter().map(Request::requires_admin).collect();
         assert_eq!(
             admin_only,
-            vec![false, true, true, true, true, true, false, false]
+            vec![false, true, true, true, true, true, false, false, false]
         );
         assert!(
             Request::SecretSet(SecretSetRequest {

@@ -6,7 +6,9 @@ use crate::output;
 use crate::utc;
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
-use ironcage_shared::protocol::{AuditEntry, AuditTailRequest, Request, Response};
+use ironcage_shared::protocol::{
+    AuditAnchor, AuditEntry, AuditTailRequest, AuditVerifyReport, Request, Response,
+};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -24,8 +26,15 @@ pub enum AuditCommand {
         #[arg(short, long)]
         follow: bool,
     },
-    /// Recompute the hash chain and checkpoints; exit 1 naming the first bad seq.
-    Verify,
+    /// Recompute the hash chain and checkpoints; exit 1 naming the first bad
+    /// seq. Prints the head as `anchor SEQ:MAC`: record it off the machine.
+    Verify {
+        /// Also fail unless the checkpoint at SEQ is still on the verified
+        /// chain with exactly this MAC (an anchor recorded earlier): catches
+        /// newest entries rolled back together with their checkpoints.
+        #[arg(long, value_name = "SEQ:MAC", value_parser = parse_anchor)]
+        anchor: Option<AuditAnchor>,
+    },
     /// Every entry as JSON lines, to stdout or a new file (mode 0600).
     Export {
         #[arg(long, short = 'o', value_name = "FILE")]
@@ -36,7 +45,7 @@ pub enum AuditCommand {
 pub fn run(ctx: &Ctx, c: AuditCommand) -> anyhow::Result<()> {
     match c {
         AuditCommand::Tail { lines, follow } => tail(ctx, lines, follow),
-        AuditCommand::Verify => verify(ctx),
+        AuditCommand::Verify { anchor } => verify(ctx, anchor),
         AuditCommand::Export { output } => export(ctx, output.as_deref()),
     }
 }
@@ -118,38 +127,85 @@ fn tail(ctx: &Ctx, lines: u32, follow: bool) -> anyhow::Result<()> {
     }
 }
 
-fn verify(ctx: &Ctx) -> anyhow::Result<()> {
-    let req = Request::AuditVerify;
+/// `SEQ:MAC` as `audit verify` prints it (MAC: 64 hex digits).
+fn parse_anchor(s: &str) -> Result<AuditAnchor, String> {
+    let (seq, mac) = s.trim().split_once(':').ok_or_else(|| {
+        format!("`{s}` is not SEQ:MAC; pass the `anchor` that `ironctl audit verify` printed, e.g. 120:3f9a...")
+    })?;
+    let seq: u64 = seq
+        .parse()
+        .map_err(|_| format!("`{seq}` before the `:` is not a checkpoint seq (a number)"))?;
+    if mac.len() != 64 || !mac.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "the MAC after the `:` must be 64 hex digits; got {} characters",
+            mac.len()
+        ));
+    }
+    Ok(AuditAnchor {
+        seq,
+        mac: mac.to_ascii_lowercase(),
+    })
+}
+
+fn verify(ctx: &Ctx, anchor: Option<AuditAnchor>) -> anyhow::Result<()> {
+    let given = anchor.as_ref().map(|a| format!("{}:{}", a.seq, a.mac));
+    let req = match anchor {
+        Some(a) => Request::AuditVerifyAnchored(a),
+        None => Request::AuditVerify,
+    };
     let r = match ctx.call(&req)? {
         Response::AuditVerify(r) => r,
         other => return Err(ClientError::unexpected(&req, &other).into()),
     };
     if ctx.json {
-        output::emit(&output::json_pretty(&r)?)?;
+        // One line, so `ironctl --json audit verify >> FILE` keeps JSON lines.
+        output::emit(&format!("{}\n", json_line(&r)?))?;
     } else {
         output::emit(&output::key_values(&[
             ("entries", r.entries.to_string()),
             ("checkpoints checked", r.checkpoints.to_string()),
             ("last checkpoint", output::or_dash(r.last_checkpoint)),
+            ("anchor", r.anchor().unwrap_or_else(|| "-".into())),
         ]))?;
+        if let Some(from) = r.uncovered_from {
+            output::emit(&format!(
+                "entries from {from} on were written without a master key: no checkpoint covers them yet\n"
+            ))?;
+        }
         if !r.keyed {
             output::emit(
                 "no master key: checkpoints cannot be checked, so a truncated tail or a chain rewritten from scratch would not show; configure a master key\n",
             )?;
         }
     }
-    match (r.first_bad, &r.reason) {
-        (Some(seq), reason) => bail!(
+    if let Some(seq) = r.first_bad {
+        bail!(
             "the audit trail fails verification at seq {seq}: {}",
-            reason.as_deref().unwrap_or("bad entry")
-        ),
-        (None, _) => {
-            if !ctx.json {
-                output::emit("audit trail OK\n")?;
-            }
-            Ok(())
-        }
+            r.reason.as_deref().unwrap_or("bad entry")
+        );
     }
+    if let (Some(given), Some(why)) = (&given, &r.anchor_error) {
+        bail!("the audit trail does not hold the anchor {given}: {why}");
+    }
+    if !ctx.json {
+        if let Some(given) = &given {
+            output::emit(&format!("anchor {given} is on the verified chain\n"))?;
+        }
+        output::emit("audit trail OK\n")?;
+    }
+    Ok(())
+}
+
+/// The report as one JSON object, with `anchor` (`SEQ:MAC`) added.
+fn json_line(r: &AuditVerifyReport) -> anyhow::Result<String> {
+    let mut v = serde_json::to_value(r)?;
+    if let serde_json::Value::Object(m) = &mut v {
+        m.insert(
+            "anchor".into(),
+            r.anchor().map_or(serde_json::Value::Null, Into::into),
+        );
+    }
+    Ok(serde_json::to_string(&v)?)
 }
 
 fn export(ctx: &Ctx, out: Option<&Path>) -> anyhow::Result<()> {

@@ -4,7 +4,9 @@
 //! - [`log`]: the `audit` table in the daemon's redb file. [`AuditLog::write`]
 //!   runs a caller's change and its entries in ONE write transaction (so a
 //!   secret and the entry recording it commit together, or neither does);
-//!   periodic HMAC checkpoints keyed from the master key; [`AuditLog::verify`].
+//!   a chained HMAC checkpoint keyed from the master key at the end of every
+//!   keyed commit; [`AuditLog::verify`] and external anchors (the precise
+//!   rule, and what only an anchor catches, are in the [`log`] module doc).
 //! - [`handle`]: [`AuditHandle`], cloneable and callable from any thread or
 //!   actor. A writer thread group-commits queued entries (one fsync for a burst
 //!   of agent starts); [`AuditHandle::record_durable`] returns once the entry is

@@ -341,7 +341,6 @@ impl Vault {
                 )
                 .detail(format!("version {version}")),
             )?;
-            app.checkpoint();
             Ok(version)
         })
     }
@@ -374,7 +373,6 @@ impl Vault {
                     .detail(format!("version {version}")),
                 )?;
             }
-            app.checkpoint();
             Ok(items.len())
         })
     }
@@ -777,7 +775,6 @@ impl Vault {
                 )
                 .detail(format!("version {from} -> {version}")),
             )?;
-            app.checkpoint();
             Ok(())
         })
     }
@@ -823,7 +820,6 @@ impl Vault {
                 )
                 .detail(format!("{n} versions removed")),
             )?;
-            app.checkpoint();
             Ok(n)
         })
     }
@@ -952,7 +948,6 @@ impl Vault {
                     "generation {old_gen} -> {new_gen}, {total} data keys re-wrapped"
                 )),
             )?;
-            app.checkpoint();
             Ok(total as u64)
         })?;
         un.generation = new_gen;

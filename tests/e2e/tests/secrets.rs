@@ -553,6 +553,108 @@ fn audit_verify_names_the_first_edited_or_deleted_entry() {
     assert!(err.contains("at seq 3") && err.contains("missing"), "{err}");
 }
 
+/// Rolls the daemon's trail back to `seq` while it is stopped: deletes every
+/// newer entry and checkpoint, which nothing inside the file can show.
+fn roll_back(d: &Daemon, seq: u64) {
+    use redb::ReadableTable;
+    let db = redb::Database::create(d.state_dir.join("ironcage.redb")).expect("open redb");
+    let txn = db.begin_write().unwrap();
+    for name in ["audit", "audit_checkpoints"] {
+        let mut t = txn
+            .open_table(redb::TableDefinition::<u64, &[u8]>::new(name))
+            .unwrap();
+        let newer: Vec<u64> = t
+            .range(seq + 1..)
+            .unwrap()
+            .map(|r| r.unwrap().0.value())
+            .collect();
+        assert!(!newer.is_empty(), "nothing in {name} after {seq}");
+        for k in newer {
+            t.remove(k).unwrap();
+        }
+    }
+    txn.commit().unwrap();
+}
+
+#[test]
+fn audit_verify_anchor_catches_a_tail_rolled_back_while_the_daemon_was_stopped() {
+    let mut d = Daemon::new("");
+    start(&mut d, KEY_A);
+    for i in 0..3 {
+        set(&d, &format!("K{i}"), "production", "v");
+    }
+    // The operator's cron line records the head as one JSON line.
+    let out = d.ctl(&["--json", "audit", "verify"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let early = report["anchor"].as_str().expect("anchor").to_owned();
+    let early_seq: u64 = early.split_once(':').unwrap().0.parse().unwrap();
+    assert_eq!(report["last_checkpoint"], early_seq);
+    assert!(early.ends_with(report["head_mac"].as_str().unwrap()));
+    let v = d.ctl_ok(&["audit", "verify", "--anchor", &early]);
+    assert!(
+        v.contains("is on the verified chain") && v.contains("audit trail OK"),
+        "{v}"
+    );
+
+    for i in 3..6 {
+        set(&d, &format!("K{i}"), "production", "v");
+    }
+    let plain = d.ctl_ok(&["audit", "verify"]);
+    let line = plain
+        .lines()
+        .find(|l| l.starts_with("anchor"))
+        .expect("anchor line");
+    let late = line.split_whitespace().last().unwrap().to_owned();
+    assert_ne!(late, early);
+    assert!(
+        d.signal_and_wait(nix::sys::signal::Signal::SIGTERM)
+            .success()
+    );
+    // The journal is the second witness: the head at shutdown.
+    d.wait_stderr("audit trail head at shutdown: anchor ");
+    let shutdown = d
+        .stderr_text()
+        .lines()
+        .rev()
+        .find_map(|l| {
+            l.split_once("audit trail head at shutdown: anchor ")
+                .map(|(_, rest)| rest.split_whitespace().next().unwrap().to_owned())
+        })
+        .expect("the head in the daemon's log at shutdown");
+
+    // Roll back to the early anchor while the daemon is stopped.
+    roll_back(&d, early_seq);
+    start(&mut d, KEY_A);
+    let v = d.ctl_ok(&["audit", "verify"]);
+    assert!(
+        v.contains("audit trail OK"),
+        "plain verify cannot see it: {v}"
+    );
+    for anchor in [&late, &shutdown] {
+        let out = d.ctl(&["audit", "verify", "--anchor", anchor]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("does not hold the anchor {anchor}")),
+            "{err}"
+        );
+    }
+    let out = d.ctl(&["--json", "audit", "verify", "--anchor", &shutdown]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["anchor_error"].is_string(), "{report}");
+    // The early anchor is still on the chain.
+    d.ctl_ok(&["audit", "verify", "--anchor", &early]);
+    // A malformed anchor is refused with what to pass.
+    let out = d.ctl(&["audit", "verify", "--anchor", "12:xyz"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("64 hex digits"), "{err}");
+}
+
 #[test]
 fn audit_tail_follow_prints_new_entries_as_they_commit() {
     use std::io::BufRead;

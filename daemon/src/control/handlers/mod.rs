@@ -137,5 +137,6 @@ async fn route(d: &Daemon, actor: &Actor, req: Request) -> Response {
         Request::SecretsImport(r) => secrets::import(d, actor, r).await,
         Request::AuditTail(r) => audit::tail(d, r).await,
         Request::AuditVerify => audit::verify(d).await,
+        Request::AuditVerifyAnchored(a) => audit::verify_anchored(d, a).await,
     }
 }
