@@ -71,6 +71,7 @@ impl SpawnEnv {
             spec.name.as_str(),
             &spec.secrets,
             &self.credentials_root,
+            spec.user.as_ref().map(|u| (u.uid, u.gid)),
         )
         .map(Some)
         .map_err(|e| e.to_string())
@@ -219,7 +220,12 @@ impl AgentActor {
         self.logs.push(Stream::Stderr, format!("[ironcaged] {msg}"));
     }
 
-    fn build_command(&self, key: &str, channel_fd: RawFd) -> tokio::process::Command {
+    fn build_command(
+        &self,
+        key: &str,
+        channel_fd: RawFd,
+        switch: Option<crate::agent_user::Switch>,
+    ) -> tokio::process::Command {
         let spec = &self.spec;
         let mut cmd = match &spec.python {
             None => {
@@ -247,6 +253,16 @@ impl AgentActor {
             .env("HOME", &spec.working_dir)
             .env("LANG", "C.UTF-8")
             .env("PYTHONUNBUFFERED", "1");
+        // Its own user's HOME, USER and LOGNAME, as a login would set them
+        // (the config's env and inherit_env, applied below, win).
+        if let Some(u) = &spec.user {
+            if let Some(home) = &u.home {
+                cmd.env("HOME", home);
+            }
+            if let Some(name) = &u.name {
+                cmd.env("USER", name).env("LOGNAME", name);
+            }
+        }
         for k in &spec.inherit_env {
             if let Some(v) = std::env::var_os(k) {
                 cmd.env(k, v);
@@ -285,10 +301,26 @@ impl AgentActor {
         }
         let parent = std::process::id();
         let umask = crate::util::agent_umask();
-        // SAFETY: only async-signal-safe calls (prctl, getppid, signal, fcntl,
-        // umask) run between fork and exec.
+        // SAFETY: only async-signal-safe calls (setgroups, setgid, setuid,
+        // access, chdir, write, prctl, getppid, signal, fcntl, umask) run
+        // between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
+                // First: the identity. PR_SET_PDEATHSIG below is cleared by a
+                // uid change, so it must come after.
+                if let Some(s) = &switch {
+                    s.apply()?;
+                }
+                // Capabilities the daemon was given (systemd
+                // AmbientCapabilities=) never pass to an agent. (EINVAL on
+                // kernels without ambient capabilities, which have none to pass.)
+                libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                );
                 // The daemon's own files are private (umask 077); the agent
                 // gets the umask the daemon was started with.
                 libc::umask(umask);
@@ -310,6 +342,34 @@ impl AgentActor {
             });
         }
         cmd
+    }
+
+    /// A spawn that did not happen: logged on the agent, counted as a failed
+    /// run (same backoff and crash-loop rules).
+    fn spawn_failed(&mut self, generation: u64, key: String, e: String, ctx: &mut Context<Self>) {
+        self.keys.revoke(&key);
+        crate::secrets::delivery::remove(&self.env.credentials_root, self.spec.name.as_str());
+        let msg = format!(
+            "cannot start {:?} in {}: {e}",
+            self.spec.command[0],
+            self.spec.working_dir.display()
+        );
+        // note() logs it too (target "agent"), once.
+        self.note(msg);
+        self.phase = Phase::Running {
+            pid: 0,
+            started: Instant::now(),
+        };
+        self.on_exit(
+            generation,
+            ExitInfo {
+                code: Some(127),
+                signal: None,
+                at: crate::util::unix_secs(),
+            },
+            key,
+            ctx,
+        );
     }
 
     fn spawn(&mut self, ctx: &mut Context<Self>) {
@@ -334,7 +394,29 @@ impl AgentActor {
             (Err(e), _) => Err(format!("cannot create the agent's channel: {e}")),
             (_, Err(e)) => Err(format!("its secrets cannot be delivered: {e}")),
             (Ok((_, child_end)), Ok(delivered)) => {
-                let mut cmd = self.build_command(&key, child_end.as_raw_fd());
+                let switch = match &self.spec.user {
+                    None => Ok(None),
+                    Some(u) => crate::agent_user::prepare(
+                        u,
+                        &self.spec.working_dir,
+                        self.spec.python.as_ref().map(|p| p.module_dir.as_path()),
+                        delivered.as_ref().and_then(|d| d.dir.as_deref()),
+                    )
+                    .map(Some),
+                };
+                let (switch, probe) = match switch {
+                    Ok(Some((s, p))) => (Some(s), Some(p)),
+                    Ok(None) => (None, None),
+                    Err(e) => {
+                        return self.spawn_failed(
+                            generation,
+                            key,
+                            format!("cannot prepare the switch to its user: {e}"),
+                            ctx,
+                        );
+                    }
+                };
+                let mut cmd = self.build_command(&key, child_end.as_raw_fd(), switch);
                 if let Some(d) = &delivered {
                     for (k, v) in &d.env {
                         cmd.env(k, v.expose());
@@ -343,39 +425,18 @@ impl AgentActor {
                         cmd.env(crate::secrets::delivery::CREDENTIALS_ENV, dir);
                     }
                 }
-                cmd.spawn().map_err(|e| e.to_string())
+                let r = cmd.spawn();
+                // Our copy of the probe's write end went with `cmd`.
+                drop(cmd);
+                r.map_err(|e| {
+                    probe
+                        .and_then(|p| p.explain())
+                        .unwrap_or_else(|| e.to_string())
+                })
             }
         };
         match spawned {
-            Err(e) => {
-                self.keys.revoke(&key);
-                crate::secrets::delivery::remove(
-                    &self.env.credentials_root,
-                    self.spec.name.as_str(),
-                );
-                let msg = format!(
-                    "cannot start {:?} in {}: {e}",
-                    self.spec.command[0],
-                    self.spec.working_dir.display()
-                );
-                // note() logs it too (target "agent"), once.
-                self.note(msg);
-                self.phase = Phase::Running {
-                    pid: 0,
-                    started: Instant::now(),
-                };
-                // A spawn failure is a failed run: same backoff and crash-loop rules.
-                self.on_exit(
-                    generation,
-                    ExitInfo {
-                        code: Some(127),
-                        signal: None,
-                        at: crate::util::unix_secs(),
-                    },
-                    key,
-                    ctx,
-                );
-            }
+            Err(e) => self.spawn_failed(generation, key, e, ctx),
             Ok(mut child) => {
                 let pid = child.id().unwrap_or(0);
                 if let Ok((ours, theirs)) = pair {
