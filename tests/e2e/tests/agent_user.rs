@@ -355,3 +355,131 @@ fn a_daemon_without_the_privilege_refuses_user_and_says_what_to_do() {
     // It stopped before creating its state.
     assert!(!d.state_dir.join("ironcage.redb").exists());
 }
+
+/// The capabilities the shipped systemd unit gives the daemon (ambient).
+const UNIT_CAPS: &str = "+setuid,+setgid,+chown,+dac_override,+kill";
+
+/// The capability lines of a process's status, e.g. `CapEff: 0000000000000000`.
+fn caps_zero(logs: &[String], agent: &str) {
+    for cap in ["CapPrm:", "CapEff:", "CapAmb:"] {
+        let v = logs
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(cap))
+            .unwrap_or_else(|| panic!("{agent}: no {cap} in {logs:?}"));
+        assert_eq!(
+            u64::from_str_radix(v.trim(), 16).unwrap(),
+            0,
+            "{agent} holds capabilities: {cap} {v}"
+        );
+    }
+}
+
+/// The daemon as the systemd unit runs it: an unprivileged uid (nobody here)
+/// with the unit's ambient capabilities. An agent with `user` runs as that
+/// user, gets its files, keeps them through a rotation, and is stopped; no
+/// agent (with or without `user`) gets any of the daemon's capabilities.
+#[test]
+fn an_unprivileged_daemon_with_the_units_capabilities_runs_agents_as_other_users() {
+    if skip_unless_root() {
+        return;
+    }
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("skipped: setpriv (util-linux) is needed to run the daemon as another user");
+        return;
+    }
+    let daemon_user = nix::unistd::User::from_name("daemon").unwrap();
+    let Some(daemon_user) = daemon_user else {
+        eprintln!("skipped: no user `daemon` on this host to run the agent as");
+        return;
+    };
+    let agent_uid = daemon_user.uid.as_raw();
+    let script = r#"grep -E '^(Uid|Cap(Prm|Eff|Amb)):' /proc/self/status | tr '\t' ' '
+echo "mine=$(cat "$IRONCAGE_CREDENTIALS_DIRECTORY/MINE")"
+echo "up"; exec sleep 1000"#;
+    let caged = sh_agent(
+        "caged",
+        script,
+        "user = \"daemon\"\nautostart = false\nsecrets = [\"MINE\"]",
+    );
+    let plain = sh_agent(
+        "plain",
+        r#"grep -E '^(Uid|Cap(Prm|Eff|Amb)):' /proc/self/status | tr '\t' ' '; echo up; exec sleep 1000"#,
+        "",
+    );
+    let mut d = Daemon::new(&format!("{caged}{plain}"));
+    // The daemon's uid owns its directory (StateDirectory= does this under systemd).
+    nix::unistd::chown(
+        d.path(),
+        Some(nix::unistd::Uid::from_raw(NOBODY)),
+        Some(nix::unistd::Gid::from_raw(NOBODY)),
+    )
+    .unwrap();
+    let daemon = d.command();
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        &format!("--inh-caps={UNIT_CAPS}"),
+        &format!("--ambient-caps={UNIT_CAPS}"),
+    ])
+    .arg(daemon.get_program())
+    .args(daemon.get_args())
+    .env("RUST_LOG", "info")
+    .env("IRON_SECRETS_MASTER_KEY", KEY)
+    .stdout(Stdio::null())
+    .stderr(Stdio::inherit());
+    d.child = Some(c.spawn().unwrap());
+    let pid = d.pid() as i32;
+    wait_for("the daemon to answer ping", || {
+        assert!(
+            pid_alive(pid),
+            "ironcaged exited during start; its stderr is above"
+        );
+        d.ctl(&["daemon", "ping"]).status.success().then_some(())
+    });
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.contains(&format!("Uid:\t{NOBODY}\t")), "{status}");
+
+    let logs = d.wait_log("plain", "up");
+    assert!(
+        logs.iter()
+            .any(|l| l.trim() == format!("Uid: {NOBODY} {NOBODY} {NOBODY} {NOBODY}")),
+        "{logs:?}"
+    );
+    caps_zero(&logs, "plain");
+
+    set(&d, "MINE", "mine-1");
+    d.ctl_ok(&["agents", "start", "caged"]);
+    let logs = d.wait_log("caged", "up");
+    let u = agent_uid;
+    assert!(
+        logs.iter()
+            .any(|l| l.trim() == format!("Uid: {u} {u} {u} {u}")),
+        "{logs:?}"
+    );
+    caps_zero(&logs, "caged");
+    assert_eq!(field(&logs, "mine"), "mine-1");
+    let own = d.path().join("run/credentials/caged");
+    let file = own.join("MINE");
+    let meta = |p: &Path| std::fs::metadata(p).unwrap();
+    assert_eq!((meta(&own).uid(), meta(&file).uid()), (u, u));
+
+    // Rotation by the unprivileged daemon into the agent's own directory.
+    set(&d, "MINE", "mine-2");
+    d.ctl_ok(&["secrets", "reload"]);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine-2");
+    assert_eq!((meta(&file).uid(), meta(&file).mode() & 0o777), (u, 0o400));
+
+    // Stopping it signals another uid's process, and removes its directory.
+    let agent_pid = d.wait_running("caged");
+    d.ctl_ok(&["agents", "stop", "caged"]);
+    wait_gone("the agent", &[agent_pid]);
+    wait_for("the credentials directory to be removed", || {
+        (!own.exists()).then_some(())
+    });
+    assert!(
+        d.signal_and_wait(nix::sys::signal::Signal::SIGTERM)
+            .success()
+    );
+}
