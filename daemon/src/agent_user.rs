@@ -369,6 +369,18 @@ impl Switch {
 }
 
 impl Probe {
+    /// A failed spawn's message: what the child reported ([`Probe::explain`]),
+    /// else `err` (from `exec`) with the user it ran as.
+    pub fn describe_failure(&self, err: &std::io::Error) -> String {
+        self.explain().unwrap_or_else(|| match err.kind() {
+            std::io::ErrorKind::PermissionDenied => format!(
+                "{err} (running as {}: the program, its interpreter and every directory above them must be executable by that user)",
+                self.user
+            ),
+            _ => format!("{err} (running as {})", self.user),
+        })
+    }
+
     /// After a failed spawn: what the child reported, as a message naming the
     /// path and the user; `None` when the failure came from elsewhere (exec).
     pub fn explain(&self) -> Option<String> {

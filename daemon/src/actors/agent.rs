@@ -428,10 +428,9 @@ impl AgentActor {
                 let r = cmd.spawn();
                 // Our copy of the probe's write end went with `cmd`.
                 drop(cmd);
-                r.map_err(|e| {
-                    probe
-                        .and_then(|p| p.explain())
-                        .unwrap_or_else(|| e.to_string())
+                r.map_err(|e| match &probe {
+                    Some(p) => p.describe_failure(&e),
+                    None => e.to_string(),
                 })
             }
         };

@@ -483,3 +483,49 @@ echo "up"; exec sleep 1000"#;
             .success()
     );
 }
+
+/// A Python agent whose `iron_cage` module directory its user cannot read
+/// fails to spawn with a message naming the directory and the user.
+#[test]
+fn a_module_directory_the_user_cannot_read_fails_the_spawn_naming_it() {
+    if skip_unless_root() {
+        return;
+    }
+    let built = bin_dir().join("python/iron_cage");
+    if !built.join("_native.abi3.so").is_file() {
+        eprintln!(
+            "skipped: the iron_cage module is not built in {} (scripts/test.sh builds it)",
+            built.display()
+        );
+        return;
+    }
+    let d = Daemon::new("");
+    // A copy of the module inside a directory only root may enter.
+    let private = d.path().join("private");
+    let module = private.join("python");
+    std::fs::create_dir_all(module.join("iron_cage")).unwrap();
+    for e in std::fs::read_dir(&built).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), module.join("iron_cage").join(e.file_name())).unwrap();
+    }
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(d.path().join("agent.py"), "print('should-not-run')\n").unwrap();
+    let mut d = d;
+    d.write_config(&format!(
+        "[daemon]\npython_path = \"{}\"\n[[agent]]\nname = \"py\"\npython = \"python3\"\nscript = \"agent.py\"\nuser = \"nobody\"\nrestart = \"never\"\n",
+        module.display()
+    ));
+    start(&mut d);
+    let logs = d.wait_log("py", "cannot read the iron_cage module directory");
+    let line = logs
+        .iter()
+        .find(|l| l.contains("module directory"))
+        .unwrap();
+    assert!(
+        line.contains("nobody (uid 65534)")
+            && line.contains(&module.display().to_string())
+            && line.contains("python_path"),
+        "{line}"
+    );
+    assert!(!logs.iter().any(|l| l.contains("should-not-run")));
+}
