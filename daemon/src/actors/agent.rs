@@ -97,6 +97,12 @@ pub const RESERVED_ENV: &[&str] = &[
 enum Phase {
     /// Not running and not scheduled: stopped, exited or failed.
     Idle,
+    /// Its secrets are being delivered (on the blocking pool); the process
+    /// starts when they are. `stop`: a stop arrived meanwhile (reason, and
+    /// whether to start again), applied instead of starting.
+    Starting {
+        stop: Option<(StopReason, bool)>,
+    },
     Running {
         pid: u32,
         started: Instant,
@@ -181,6 +187,7 @@ impl AgentActor {
     fn state(&self) -> AgentState {
         match self.phase {
             Phase::Idle => self.idle_state,
+            Phase::Starting { .. } => AgentState::Starting,
             Phase::Running { .. } => AgentState::Running,
             Phase::Stopping { .. } => AgentState::Stopping,
             Phase::Backoff { .. } => AgentState::Backoff,
@@ -378,6 +385,70 @@ impl AgentActor {
         self.operator_kill = false;
         self.stop_reason = None;
         let key = self.keys.mint(&self.spec.name);
+        if self.spec.secrets.is_empty() {
+            return self.launch(generation, key, Ok(None), ctx);
+        }
+        // Delivery reads the store and makes its audit entries durable (an
+        // fsync) before any file appears: blocking work, done on the blocking
+        // pool rather than on the actor thread every agent shares. The order
+        // (audited durably, then delivered) is deliver()'s own.
+        let env = self.env.clone();
+        let spec = self.spec.clone();
+        self.phase = Phase::Starting { stop: None };
+        self.publish();
+        let task = tokio::task::spawn_blocking(move || env.deliver(&spec));
+        let delivered = async move {
+            task.await
+                .unwrap_or_else(|e| Err(format!("the delivery task failed: {e}")))
+        };
+        ctx.spawn(
+            delivered
+                .into_actor(self)
+                .map(move |d, act, ctx| act.delivered(generation, key, d, ctx)),
+        );
+    }
+
+    /// The secrets of spawn `generation` are delivered (or not): start the
+    /// process, or, if a stop arrived meanwhile, clean up and apply it.
+    fn delivered(
+        &mut self,
+        generation: u64,
+        key: String,
+        delivered: Result<Option<crate::secrets::delivery::Delivered>, String>,
+        ctx: &mut Context<Self>,
+    ) {
+        let stop = match self.phase {
+            Phase::Starting { stop } if self.generation == generation => stop,
+            // No other spawn begins while one is starting; nothing to do.
+            _ => {
+                self.keys.revoke(&key);
+                return;
+            }
+        };
+        let Some((reason, then_start)) = stop else {
+            return self.launch(generation, key, delivered, ctx);
+        };
+        self.keys.revoke(&key);
+        crate::secrets::delivery::remove(&self.env.credentials_root, self.spec.name.as_str());
+        self.phase = Phase::Idle;
+        self.idle_state = AgentState::Stopped;
+        self.stop_reason = Some(reason);
+        self.finish_stop();
+        if then_start {
+            self.spawn(ctx);
+        } else {
+            self.publish();
+        }
+    }
+
+    /// Starts the process of spawn `generation` with what was delivered.
+    fn launch(
+        &mut self,
+        generation: u64,
+        key: String,
+        delivered: Result<Option<crate::secrets::delivery::Delivered>, String>,
+        ctx: &mut Context<Self>,
+    ) {
         let pair = std::os::unix::net::UnixStream::pair().and_then(|(ours, theirs)| {
             // A daemon started with stdin/out/err closed could get 0-2 here,
             // which the child's own stdio would replace: move it above 2
@@ -389,7 +460,6 @@ impl AgentActor {
             };
             Ok((ours, theirs))
         });
-        let delivered = self.env.deliver(&self.spec);
         let spawned = match (&pair, delivered) {
             (Err(e), _) => Err(format!("cannot create the agent's channel: {e}")),
             (_, Err(e)) => Err(format!("its secrets cannot be delivered: {e}")),
@@ -720,6 +790,15 @@ impl AgentActor {
                 };
                 self.stop_waiters.push(tx);
             }
+            Phase::Starting { stop } => {
+                // Applied once the delivery in flight is done (see delivered()).
+                let stop = match stop {
+                    Some((r, t)) => (r, t || then_start),
+                    None => (reason, then_start),
+                };
+                self.phase = Phase::Starting { stop: Some(stop) };
+                self.stop_waiters.push(tx);
+            }
             Phase::Backoff { handle, .. } => {
                 ctx.cancel_future(handle);
                 self.idle_state = AgentState::Stopped;
@@ -773,6 +852,10 @@ impl Handler<Start> for AgentActor {
                 "agent {} is stopping; try again once it stopped",
                 self.spec.name
             )),
+            Phase::Starting { .. } => Err(format!(
+                "agent {} is already starting (its secrets are being delivered)",
+                self.spec.name
+            )),
             Phase::Backoff { .. } | Phase::Idle => {
                 if let Phase::Backoff { handle, .. } =
                     std::mem::replace(&mut self.phase, Phase::Idle)
@@ -783,6 +866,10 @@ impl Handler<Start> for AgentActor {
                 self.spawn(ctx);
                 Ok(match self.pid() {
                     Some(pid) => format!("agent {} started (pid {pid})", self.spec.name),
+                    None if matches!(self.phase, Phase::Starting { .. }) => format!(
+                        "agent {} is starting (its secrets are being delivered)",
+                        self.spec.name
+                    ),
                     None => format!(
                         "agent {} could not be started; see `ironctl agents logs {}`",
                         self.spec.name, self.spec.name
@@ -875,7 +962,10 @@ impl Handler<UpdateSpec> for AgentActor {
     fn handle(&mut self, m: UpdateSpec, ctx: &mut Context<Self>) -> Self::Result {
         let active = matches!(
             self.phase,
-            Phase::Running { .. } | Phase::Backoff { .. } | Phase::Stopping { .. }
+            Phase::Running { .. }
+                | Phase::Backoff { .. }
+                | Phase::Stopping { .. }
+                | Phase::Starting { .. }
         );
         let ended = matches!(self.phase, Phase::Idle)
             && matches!(self.idle_state, AgentState::Exited | AgentState::Failed);

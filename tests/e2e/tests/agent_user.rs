@@ -205,8 +205,11 @@ exec sleep 1000"#,
 
     // Its LLM call went through the gateway with its virtual key, metered.
     assert_eq!(field(&logs, "code"), "200", "{logs:?}");
-    let budget = d.ctl_json(&["budget", "show", "caged"]);
-    assert_eq!(budget[0]["calls"], 1, "{budget}");
+    // Settles are group-committed: `calls` and `spent` count once durable.
+    let budget = wait_for("the call to be settled", || {
+        let b = d.ctl_json(&["budget", "show", "caged"]);
+        (b[0]["calls"] == 1).then_some(b)
+    });
     assert!(budget[0]["spent"].as_u64().unwrap() > 0, "{budget}");
 
     // Rotation replaces the file, still the agent's own.
