@@ -115,6 +115,7 @@ echo "redb=$(cat {dir}/state/ironcage.redb 2>&1 >/dev/null)"
 echo "statedir=$(ls {dir}/state 2>&1 >/dev/null)"
 echo "othercred=$(cat {dir}/run/credentials/other/OTHER 2>&1 >/dev/null)"
 echo "credroot=$(ls {dir}/run/credentials 2>&1 >/dev/null)"
+echo "otherenv=$(cat /proc/$(cat {dir}/other.pid)/environ 2>&1 >/dev/null)"
 echo "mine=$(cat "$IRONCAGE_CREDENTIALS_DIRECTORY/MINE")"
 curl -s -o /dev/null -w 'code=%{http_code}\n' "$OPENAI_BASE_URL/chat/completions" -H "Authorization: Bearer $OPENAI_API_KEY" -H 'content-type: application/json' -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"max_tokens":5}'
 while [ ! -e {dir}/rotated ]; do sleep 0.05; done
@@ -138,6 +139,8 @@ exec sleep 1000"#,
     d.ctl_ok(&["secrets", "reload"]);
     d.ctl_ok(&["agents", "start", "other"]);
     d.wait_log("other", "other-up");
+    let other_pid = d.wait_running("other");
+    std::fs::write(d.path().join("other.pid"), other_pid.to_string()).unwrap();
     d.ctl_ok(&["agents", "start", "caged"]);
     let pid = d.wait_running("caged");
     let logs = d.wait_log("caged", "code=");
@@ -172,8 +175,9 @@ exec sleep 1000"#,
     );
 
     // What it must not read: the state dir and its redb file, the other
-    // agent's credentials, the list of credentials directories.
-    for key in ["redb", "statedir", "othercred", "credroot"] {
+    // agent's credentials, the list of credentials directories, the other
+    // agent's environment (where secret_env values live).
+    for key in ["redb", "statedir", "othercred", "credroot", "otherenv"] {
         let v = field(&logs, key);
         assert!(v.contains("Permission denied"), "{key}: {v:?}");
     }
@@ -509,7 +513,10 @@ fn a_module_directory_the_user_cannot_read_fails_the_spawn_naming_it() {
     std::fs::create_dir_all(module.join("iron_cage")).unwrap();
     for e in std::fs::read_dir(&built).unwrap() {
         let e = e.unwrap();
-        std::fs::copy(e.path(), module.join("iron_cage").join(e.file_name())).unwrap();
+        // Files only (not __pycache__/).
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), module.join("iron_cage").join(e.file_name())).unwrap();
+        }
     }
     std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
     std::fs::write(d.path().join("agent.py"), "print('should-not-run')\n").unwrap();
