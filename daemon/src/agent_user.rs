@@ -279,7 +279,10 @@ pub struct Probe {
     credentials: Option<PathBuf>,
 }
 
+/// `p` as a C string, made absolute against the daemon's working directory
+/// (the child checks it after entering the agent's own).
 fn cstr(p: &Path) -> std::io::Result<CString> {
+    let p = std::path::absolute(p)?;
     CString::new(p.as_os_str().as_bytes()).map_err(|_| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,

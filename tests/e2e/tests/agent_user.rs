@@ -539,3 +539,50 @@ fn a_module_directory_the_user_cannot_read_fails_the_spawn_naming_it() {
     );
     assert!(!logs.iter().any(|l| l.contains("should-not-run")));
 }
+
+/// With a relative `--config`, working_dir is relative to the daemon's
+/// directory; the switch checks and enters that same directory.
+#[test]
+fn a_relative_working_dir_is_entered_as_the_agent_user() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut d = Daemon::new(&sh_agent(
+        "rel",
+        "echo \"cwd=$(pwd)\"; exec sleep 1000",
+        "user = \"nobody\"\nworking_dir = \"work\"",
+    ));
+    std::fs::create_dir(d.path().join("work")).unwrap();
+    d.child = Some(
+        Command::new(bin("ironcaged"))
+            .current_dir(d.path())
+            .args(["--config", "ironcaged.toml", "--socket"])
+            .arg(&d.socket)
+            .arg("--state-dir")
+            .arg(&d.state_dir)
+            .env("RUST_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = d.pid() as i32;
+    wait_for("the daemon to answer ping", || {
+        assert!(
+            pid_alive(pid),
+            "ironcaged exited during start; its stderr is above"
+        );
+        d.ctl(&["daemon", "ping"]).status.success().then_some(())
+    });
+    let logs = d.wait_log("rel", "cwd=");
+    assert_eq!(
+        field(&logs, "cwd"),
+        d.path().join("work").display().to_string(),
+        "{logs:?}"
+    );
+    assert!(
+        d.signal_and_wait(nix::sys::signal::Signal::SIGTERM)
+            .success()
+    );
+}
