@@ -217,7 +217,7 @@ fn main() -> anyhow::Result<()> {
         })
         .collect();
     let (p50, p99) = time(args.spawns, || {
-        let d = delivery::deliver(&v, "bench-agent", &grants, root.path())?;
+        let d = delivery::deliver(&v, "bench-agent", &grants, root.path(), None)?;
         anyhow::ensure!(d.dir.is_some());
         delivery::remove(root.path(), "bench-agent");
         Ok(())

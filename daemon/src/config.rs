@@ -169,6 +169,9 @@ pub struct AgentSpec {
     pub watchdog: Option<Duration>,
     /// Secrets this agent receives (files by default, env vars where asked).
     pub secrets: Vec<SecretGrant>,
+    /// The identity it runs as (`user`/`group`, or `[daemon] agent_user`);
+    /// `None`: the daemon's own uid.
+    pub user: Option<crate::agent_user::AgentUser>,
 }
 
 /// A Python agent: its own interpreter runs `script` with the `iron_cage`
@@ -422,6 +425,10 @@ mod raw {
         pub state_dir: Option<String>,
         pub socket_group: Option<String>,
         pub python_path: Option<Spanned<String>>,
+        /// Default `user` of every agent that sets none.
+        pub agent_user: Option<Spanned<crate::agent_user::IdRef>>,
+        /// Default `group` going with `agent_user`.
+        pub agent_group: Option<Spanned<crate::agent_user::IdRef>>,
     }
 
     #[derive(Deserialize, Default)]
@@ -539,6 +546,10 @@ mod raw {
         /// `{ VAR = "NAME[@env]" }`: delivered as environment variables.
         #[serde(default)]
         pub secret_env: BTreeMap<String, Spanned<String>>,
+        /// Run as this user (name or uid).
+        pub user: Option<Spanned<crate::agent_user::IdRef>>,
+        /// With this group (name or gid); default: the user's primary group.
+        pub group: Option<Spanned<crate::agent_user::IdRef>>,
     }
 }
 
@@ -669,6 +680,38 @@ fn breaker_settings(
     Ok(s)
 }
 
+/// The identity an agent runs as: its own `user` (with its `group`, or the
+/// user's primary group), else the daemon's `agent_user` (with the agent's
+/// `group`, else `agent_group`, else the primary group), else none.
+fn agent_user(
+    cx: &Ctx<'_>,
+    user: Option<&toml::Spanned<crate::agent_user::IdRef>>,
+    group: Option<&toml::Spanned<crate::agent_user::IdRef>>,
+    default_user: Option<&toml::Spanned<crate::agent_user::IdRef>>,
+    default_group: Option<&toml::Spanned<crate::agent_user::IdRef>>,
+) -> Result<Option<crate::agent_user::AgentUser>, ConfigError> {
+    use crate::agent_user::Which;
+    let (u, g) = match (user, default_user) {
+        (Some(u), _) => (u, group),
+        (None, Some(d)) => (d, group.or(default_group)),
+        (None, None) => {
+            return match group {
+                Some(g) => Err(cx.at(
+                    g.span(),
+                    "group goes with user; set user = \"NAME\" too (or [daemon] agent_user), or remove group",
+                )),
+                None => Ok(None),
+            };
+        }
+    };
+    crate::agent_user::resolve(u.get_ref(), g.map(toml::Spanned::get_ref))
+        .map(Some)
+        .map_err(|(which, m)| match (which, g) {
+            (Which::Group, Some(g)) => cx.at(g.span(), m),
+            _ => cx.at(u.span(), m),
+        })
+}
+
 impl AgentSpec {
     /// Whether `other` runs the same process (command, directory, environment):
     /// if so, a reload applies the other settings without restarting it.
@@ -683,6 +726,8 @@ impl AgentSpec {
             // Grants are delivered (files, env, the channel's list) at spawn: a
             // grant added or revoked takes effect by restarting the agent.
             && self.secrets == other.secrets
+            // The uid is set at spawn.
+            && self.user == other.user
     }
 }
 
@@ -880,6 +925,14 @@ impl Config {
         let pii = pii::apply(&cx, "pii", raw.pii, &PiiSpec::default())?;
 
         let mut agents: Vec<AgentSpec> = Vec::new();
+        // Where the first agent with another user got it (for the privilege error).
+        let mut user_span: Option<std::ops::Range<usize>> = None;
+        if let (Some(g), None) = (&raw.daemon.agent_group, &raw.daemon.agent_user) {
+            return Err(cx.at(
+                g.span(),
+                "agent_group goes with agent_user; set agent_user too, or remove agent_group",
+            ));
+        }
         for a in raw.agent {
             let name_span = a.name.span();
             let name = a.name.into_inner();
@@ -1142,6 +1195,20 @@ impl Config {
             let backoff_max =
                 Duration::from_secs(a.backoff_max_secs.unwrap_or(60)).max(backoff_initial);
             let agent_pii = pii::apply(&cx, &format!("agent[{}].pii", agents.len()), a.pii, &pii)?;
+            let user = agent_user(
+                &cx,
+                a.user.as_ref(),
+                a.group.as_ref(),
+                raw.daemon.agent_user.as_ref(),
+                raw.daemon.agent_group.as_ref(),
+            )?;
+            if let (Some(_), None) = (&user, &user_span) {
+                user_span = a
+                    .user
+                    .as_ref()
+                    .or(raw.daemon.agent_user.as_ref())
+                    .map(toml::Spanned::span);
+            }
             agents.push(AgentSpec {
                 name,
                 command,
@@ -1166,7 +1233,15 @@ impl Config {
                 python,
                 watchdog,
                 secrets: grants,
+                user,
             });
+        }
+        if let Some(span) = user_span {
+            let missing =
+                crate::agent_user::missing_privileges(crate::agent_user::effective_caps());
+            if !missing.is_empty() {
+                return Err(cx.at(span, crate::agent_user::privilege_message(&missing)));
+            }
         }
 
         let secrets = SecretsSection {
@@ -1576,5 +1651,92 @@ mod tests {
                 .to_string()
                 .contains("keep exactly one")
         );
+    }
+
+    #[test]
+    fn agent_users_resolve_and_errors_name_the_line() {
+        // These tests run as root (or with the capabilities), like CI.
+        if !crate::agent_user::missing_privileges(crate::agent_user::effective_caps()).is_empty() {
+            eprintln!("skipped: the test process cannot switch users (not root)");
+            return;
+        }
+        let c = parse(
+            "[[agent]]\nname = \"a\"\ncommand = [\"x\"]\nuser = \"nobody\"\n\
+             [[agent]]\nname = \"b\"\ncommand = [\"x\"]\nuser = 65534\ngroup = 0\n\
+             [[agent]]\nname = \"c\"\ncommand = [\"x\"]\n",
+        )
+        .unwrap();
+        let a = c.agents[0].user.clone().unwrap();
+        assert_eq!((a.uid, a.name.as_deref()), (65534, Some("nobody")));
+        let b = c.agents[1].user.clone().unwrap();
+        assert_eq!((b.uid, b.gid), (65534, 0));
+        assert_eq!(c.agents[2].user, None);
+        assert!(!c.agents[0].same_process(&c.agents[1]));
+        // The daemon-wide default, and an agent's own user over it.
+        let c = parse(
+            "[daemon]\nagent_user = \"nobody\"\n\
+             [[agent]]\nname = \"a\"\ncommand = [\"x\"]\n\
+             [[agent]]\nname = \"b\"\ncommand = [\"x\"]\nuser = \"root\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.agents[0].user.as_ref().map(|u| u.uid), Some(65534));
+        assert_eq!(
+            c.agents[1].user.as_ref().map(|u| (u.uid, u.gid)),
+            Some((0, 0))
+        );
+        for (src, line, key, want) in [
+            (
+                "[[agent]]\nname = \"a\"\ncommand = [\"x\"]\nuser = \"no-such-user-xyz\"\n",
+                4,
+                "agent[0].user",
+                "does not exist",
+            ),
+            (
+                "[[agent]]\nname = \"a\"\ncommand = [\"x\"]\nuser = \"nobody\"\ngroup = \"no-such-group-xyz\"\n",
+                5,
+                "agent[0].group",
+                "does not exist",
+            ),
+            (
+                "[[agent]]\nname = \"a\"\ncommand = [\"x\"]\ngroup = \"root\"\n",
+                4,
+                "agent[0].group",
+                "group goes with user",
+            ),
+            (
+                "[daemon]\nagent_user = \"no-such-user-xyz\"\n[[agent]]\nname = \"a\"\ncommand = [\"x\"]\n",
+                2,
+                "daemon.agent_user",
+                "does not exist",
+            ),
+            (
+                "[daemon]\nagent_group = \"root\"\n",
+                2,
+                "daemon.agent_group",
+                "goes with agent_user",
+            ),
+            (
+                "[[agent]]\nname = \"a\"\ncommand = [\"x\"]\nuser = 4000000000\n",
+                4,
+                "agent[0].user",
+                "no passwd entry",
+            ),
+            (
+                "[[agent]]\nname = \"a\"\ncommand = [\"x\"]\nuser = true\n",
+                4,
+                "agent[0].user",
+                "a name such as \"nobody\" or a numeric id",
+            ),
+            (
+                "[[agent]]\nname = \"a\"\ncommand = [\"x\"]\nuser = -1\n",
+                4,
+                "agent[0].user",
+                "not a valid id",
+            ),
+        ] {
+            let e = parse(src).unwrap_err();
+            assert_eq!((e.line, e.key.as_deref()), (Some(line), Some(key)), "{e}");
+            assert!(e.message.contains(want), "{e}");
+        }
     }
 }

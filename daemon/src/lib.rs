@@ -6,6 +6,7 @@
 //! the gateway. Actors are reached only through handle types.
 
 pub mod actors;
+pub mod agent_user;
 pub mod audit;
 pub mod cage;
 pub mod config;

@@ -71,6 +71,7 @@ impl SpawnEnv {
             spec.name.as_str(),
             &spec.secrets,
             &self.credentials_root,
+            spec.user.as_ref().map(|u| (u.uid, u.gid)),
         )
         .map(Some)
         .map_err(|e| e.to_string())
@@ -96,6 +97,12 @@ pub const RESERVED_ENV: &[&str] = &[
 enum Phase {
     /// Not running and not scheduled: stopped, exited or failed.
     Idle,
+    /// Its secrets are being delivered (on the blocking pool); the process
+    /// starts when they are. `stop`: a stop arrived meanwhile (reason, and
+    /// whether to start again), applied instead of starting.
+    Starting {
+        stop: Option<(StopReason, bool)>,
+    },
     Running {
         pid: u32,
         started: Instant,
@@ -180,6 +187,7 @@ impl AgentActor {
     fn state(&self) -> AgentState {
         match self.phase {
             Phase::Idle => self.idle_state,
+            Phase::Starting { .. } => AgentState::Starting,
             Phase::Running { .. } => AgentState::Running,
             Phase::Stopping { .. } => AgentState::Stopping,
             Phase::Backoff { .. } => AgentState::Backoff,
@@ -219,7 +227,12 @@ impl AgentActor {
         self.logs.push(Stream::Stderr, format!("[ironcaged] {msg}"));
     }
 
-    fn build_command(&self, key: &str, channel_fd: RawFd) -> tokio::process::Command {
+    fn build_command(
+        &self,
+        key: &str,
+        channel_fd: RawFd,
+        switch: Option<crate::agent_user::Switch>,
+    ) -> tokio::process::Command {
         let spec = &self.spec;
         let mut cmd = match &spec.python {
             None => {
@@ -247,6 +260,16 @@ impl AgentActor {
             .env("HOME", &spec.working_dir)
             .env("LANG", "C.UTF-8")
             .env("PYTHONUNBUFFERED", "1");
+        // Its own user's HOME, USER and LOGNAME, as a login would set them
+        // (the config's env and inherit_env, applied below, win).
+        if let Some(u) = &spec.user {
+            if let Some(home) = &u.home {
+                cmd.env("HOME", home);
+            }
+            if let Some(name) = &u.name {
+                cmd.env("USER", name).env("LOGNAME", name);
+            }
+        }
         for k in &spec.inherit_env {
             if let Some(v) = std::env::var_os(k) {
                 cmd.env(k, v);
@@ -285,10 +308,26 @@ impl AgentActor {
         }
         let parent = std::process::id();
         let umask = crate::util::agent_umask();
-        // SAFETY: only async-signal-safe calls (prctl, getppid, signal, fcntl,
-        // umask) run between fork and exec.
+        // SAFETY: only async-signal-safe calls (setgroups, setgid, setuid,
+        // access, chdir, write, prctl, getppid, signal, fcntl, umask) run
+        // between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
+                // First: the identity. PR_SET_PDEATHSIG below is cleared by a
+                // uid change, so it must come after.
+                if let Some(s) = &switch {
+                    s.apply()?;
+                }
+                // Capabilities the daemon was given (systemd
+                // AmbientCapabilities=) never pass to an agent. (EINVAL on
+                // kernels without ambient capabilities, which have none to pass.)
+                libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                );
                 // The daemon's own files are private (umask 077); the agent
                 // gets the umask the daemon was started with.
                 libc::umask(umask);
@@ -312,12 +351,104 @@ impl AgentActor {
         cmd
     }
 
+    /// A spawn that did not happen: logged on the agent, counted as a failed
+    /// run (same backoff and crash-loop rules).
+    fn spawn_failed(&mut self, generation: u64, key: String, e: String, ctx: &mut Context<Self>) {
+        self.keys.revoke(&key);
+        crate::secrets::delivery::remove(&self.env.credentials_root, self.spec.name.as_str());
+        let msg = format!(
+            "cannot start {:?} in {}: {e}",
+            self.spec.command[0],
+            self.spec.working_dir.display()
+        );
+        // note() logs it too (target "agent"), once.
+        self.note(msg);
+        self.phase = Phase::Running {
+            pid: 0,
+            started: Instant::now(),
+        };
+        self.on_exit(
+            generation,
+            ExitInfo {
+                code: Some(127),
+                signal: None,
+                at: crate::util::unix_secs(),
+            },
+            key,
+            ctx,
+        );
+    }
+
     fn spawn(&mut self, ctx: &mut Context<Self>) {
         self.generation += 1;
         let generation = self.generation;
         self.operator_kill = false;
         self.stop_reason = None;
         let key = self.keys.mint(&self.spec.name);
+        if self.spec.secrets.is_empty() {
+            return self.launch(generation, key, Ok(None), ctx);
+        }
+        // Delivery reads the store and makes its audit entries durable (an
+        // fsync) before any file appears: blocking work, done on the blocking
+        // pool rather than on the actor thread every agent shares. The order
+        // (audited durably, then delivered) is deliver()'s own.
+        let env = self.env.clone();
+        let spec = self.spec.clone();
+        self.phase = Phase::Starting { stop: None };
+        self.publish();
+        let task = tokio::task::spawn_blocking(move || env.deliver(&spec));
+        let delivered = async move {
+            task.await
+                .unwrap_or_else(|e| Err(format!("the delivery task failed: {e}")))
+        };
+        ctx.spawn(
+            delivered
+                .into_actor(self)
+                .map(move |d, act, ctx| act.delivered(generation, key, d, ctx)),
+        );
+    }
+
+    /// The secrets of spawn `generation` are delivered (or not): start the
+    /// process, or, if a stop arrived meanwhile, clean up and apply it.
+    fn delivered(
+        &mut self,
+        generation: u64,
+        key: String,
+        delivered: Result<Option<crate::secrets::delivery::Delivered>, String>,
+        ctx: &mut Context<Self>,
+    ) {
+        let stop = match self.phase {
+            Phase::Starting { stop } if self.generation == generation => stop,
+            // No other spawn begins while one is starting; nothing to do.
+            _ => {
+                self.keys.revoke(&key);
+                return;
+            }
+        };
+        let Some((reason, then_start)) = stop else {
+            return self.launch(generation, key, delivered, ctx);
+        };
+        self.keys.revoke(&key);
+        crate::secrets::delivery::remove(&self.env.credentials_root, self.spec.name.as_str());
+        self.phase = Phase::Idle;
+        self.idle_state = AgentState::Stopped;
+        self.stop_reason = Some(reason);
+        self.finish_stop();
+        if then_start {
+            self.spawn(ctx);
+        } else {
+            self.publish();
+        }
+    }
+
+    /// Starts the process of spawn `generation` with what was delivered.
+    fn launch(
+        &mut self,
+        generation: u64,
+        key: String,
+        delivered: Result<Option<crate::secrets::delivery::Delivered>, String>,
+        ctx: &mut Context<Self>,
+    ) {
         let pair = std::os::unix::net::UnixStream::pair().and_then(|(ours, theirs)| {
             // A daemon started with stdin/out/err closed could get 0-2 here,
             // which the child's own stdio would replace: move it above 2
@@ -329,12 +460,33 @@ impl AgentActor {
             };
             Ok((ours, theirs))
         });
-        let delivered = self.env.deliver(&self.spec);
         let spawned = match (&pair, delivered) {
             (Err(e), _) => Err(format!("cannot create the agent's channel: {e}")),
             (_, Err(e)) => Err(format!("its secrets cannot be delivered: {e}")),
             (Ok((_, child_end)), Ok(delivered)) => {
-                let mut cmd = self.build_command(&key, child_end.as_raw_fd());
+                let switch = match &self.spec.user {
+                    None => Ok(None),
+                    Some(u) => crate::agent_user::prepare(
+                        u,
+                        &self.spec.working_dir,
+                        self.spec.python.as_ref().map(|p| p.module_dir.as_path()),
+                        delivered.as_ref().and_then(|d| d.dir.as_deref()),
+                    )
+                    .map(Some),
+                };
+                let (switch, probe) = match switch {
+                    Ok(Some((s, p))) => (Some(s), Some(p)),
+                    Ok(None) => (None, None),
+                    Err(e) => {
+                        return self.spawn_failed(
+                            generation,
+                            key,
+                            format!("cannot prepare the switch to its user: {e}"),
+                            ctx,
+                        );
+                    }
+                };
+                let mut cmd = self.build_command(&key, child_end.as_raw_fd(), switch);
                 if let Some(d) = &delivered {
                     for (k, v) in &d.env {
                         cmd.env(k, v.expose());
@@ -343,39 +495,17 @@ impl AgentActor {
                         cmd.env(crate::secrets::delivery::CREDENTIALS_ENV, dir);
                     }
                 }
-                cmd.spawn().map_err(|e| e.to_string())
+                let r = cmd.spawn();
+                // Our copy of the probe's write end went with `cmd`.
+                drop(cmd);
+                r.map_err(|e| match &probe {
+                    Some(p) => p.describe_failure(&e),
+                    None => e.to_string(),
+                })
             }
         };
         match spawned {
-            Err(e) => {
-                self.keys.revoke(&key);
-                crate::secrets::delivery::remove(
-                    &self.env.credentials_root,
-                    self.spec.name.as_str(),
-                );
-                let msg = format!(
-                    "cannot start {:?} in {}: {e}",
-                    self.spec.command[0],
-                    self.spec.working_dir.display()
-                );
-                // note() logs it too (target "agent"), once.
-                self.note(msg);
-                self.phase = Phase::Running {
-                    pid: 0,
-                    started: Instant::now(),
-                };
-                // A spawn failure is a failed run: same backoff and crash-loop rules.
-                self.on_exit(
-                    generation,
-                    ExitInfo {
-                        code: Some(127),
-                        signal: None,
-                        at: crate::util::unix_secs(),
-                    },
-                    key,
-                    ctx,
-                );
-            }
+            Err(e) => self.spawn_failed(generation, key, e, ctx),
             Ok(mut child) => {
                 let pid = child.id().unwrap_or(0);
                 if let Ok((ours, theirs)) = pair {
@@ -660,6 +790,15 @@ impl AgentActor {
                 };
                 self.stop_waiters.push(tx);
             }
+            Phase::Starting { stop } => {
+                // Applied once the delivery in flight is done (see delivered()).
+                let stop = match stop {
+                    Some((r, t)) => (r, t || then_start),
+                    None => (reason, then_start),
+                };
+                self.phase = Phase::Starting { stop: Some(stop) };
+                self.stop_waiters.push(tx);
+            }
             Phase::Backoff { handle, .. } => {
                 ctx.cancel_future(handle);
                 self.idle_state = AgentState::Stopped;
@@ -713,6 +852,10 @@ impl Handler<Start> for AgentActor {
                 "agent {} is stopping; try again once it stopped",
                 self.spec.name
             )),
+            Phase::Starting { .. } => Err(format!(
+                "agent {} is already starting (its secrets are being delivered)",
+                self.spec.name
+            )),
             Phase::Backoff { .. } | Phase::Idle => {
                 if let Phase::Backoff { handle, .. } =
                     std::mem::replace(&mut self.phase, Phase::Idle)
@@ -723,6 +866,10 @@ impl Handler<Start> for AgentActor {
                 self.spawn(ctx);
                 Ok(match self.pid() {
                     Some(pid) => format!("agent {} started (pid {pid})", self.spec.name),
+                    None if matches!(self.phase, Phase::Starting { .. }) => format!(
+                        "agent {} is starting (its secrets are being delivered)",
+                        self.spec.name
+                    ),
                     None => format!(
                         "agent {} could not be started; see `ironctl agents logs {}`",
                         self.spec.name, self.spec.name
@@ -815,7 +962,10 @@ impl Handler<UpdateSpec> for AgentActor {
     fn handle(&mut self, m: UpdateSpec, ctx: &mut Context<Self>) -> Self::Result {
         let active = matches!(
             self.phase,
-            Phase::Running { .. } | Phase::Backoff { .. } | Phase::Stopping { .. }
+            Phase::Running { .. }
+                | Phase::Backoff { .. }
+                | Phase::Stopping { .. }
+                | Phase::Starting { .. }
         );
         let ended = matches!(self.phase, Phase::Idle)
             && matches!(self.idle_state, AgentState::Exited | AgentState::Failed);

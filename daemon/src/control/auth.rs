@@ -2,13 +2,13 @@
 //!
 //! The socket file's mode (0660) keeps strangers out; this decides what a
 //! connected peer may do. Root and the daemon's own uid are always admins,
-//! except a caller running inside an agent: agents share the daemon's uid, and
-//! a prompt-injected tool call must not reach the control socket (`ironctl
-//! secrets export`). A peer whose process descends from the daemon gets no role
+//! except a caller running inside an agent: agents without `user =` share the
+//! daemon's uid, and a prompt-injected tool call must not reach the control
+//! socket (`ironctl secrets export`). A peer whose process descends from the daemon gets no role
 //! at all; agents talk to the daemon over their own channel (`IRONCAGE_FD`).
 //! (A process that double-forks away from its agent escapes this check; it
 //! still holds the daemon's uid. Run agents you do not trust under their own
-//! uid.)
+//! uid: `user =`, see `agent_user`.)
 //! Group membership is read from the peer process's own credentials
 //! (`/proc/PID/status`), so it reflects the groups the caller actually runs with.
 

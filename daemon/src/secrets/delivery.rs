@@ -6,6 +6,12 @@
 //!
 //! The directory lives under the runtime directory (next to the socket, a
 //! tmpfs under systemd), never in the state directory on disk.
+//!
+//! Agents with their own `user`: the root of these directories is 0711 (an
+//! agent may pass through it to its own directory but not list it), and the
+//! agent's directory and files belong to its uid and gid, so it can read them
+//! and no other agent can. A rotated file is given to the same owner before it
+//! is renamed into place, so it never appears owned by anyone else.
 
 use super::{SecretsError, Vault};
 use crate::audit::{Actor, Draft};
@@ -37,9 +43,18 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> SecretsError {
     move |e| SecretsError::Invalid(format!("{what}: {e}"))
 }
 
+/// Who owns an agent's credentials directory and files (uid, gid).
+pub type Owner = (u32, u32);
+
 /// Writes `bytes` to `dir/name` with mode 0400, atomically: a reader sees the
-/// old file or the new one, never a mix.
-pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+/// old file or the new one, never a mix. With `owner`, the file is given to
+/// it before the rename.
+pub fn write_atomic(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    owner: Option<Owner>,
+) -> std::io::Result<()> {
     let tmp = dir.join(format!(".{name}.{}.tmp", rand::random::<u64>()));
     let result = (|| {
         let mut f = std::fs::OpenOptions::new()
@@ -49,6 +64,9 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()>
             .open(&tmp)?;
         // No fsync: the directory is runtime state (tmpfs), never reused.
         f.write_all(bytes)?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+        }
         std::fs::rename(&tmp, dir.join(name))
     })();
     if result.is_err() {
@@ -60,11 +78,14 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()>
 /// Reads every grant (all or nothing: a missing secret fails the spawn with
 /// nothing written), writes the file grants into a fresh `root/<agent>` and
 /// returns the env grants. Each delivery is on the audit trail with an HMAC.
+/// With `owner` (an agent running as its own user), the directory and files
+/// are that user's.
 pub fn deliver(
     vault: &Vault,
     agent: &str,
     grants: &[SecretGrant],
     root: &Path,
+    owner: Option<Owner>,
 ) -> Result<Delivered, SecretsError> {
     if grants.is_empty() {
         return Ok(Delivered::default());
@@ -74,7 +95,10 @@ pub fn deliver(
     let has_files = grants.iter().any(|g| g.delivery == Delivery::File);
     if has_files {
         std::fs::create_dir_all(root).map_err(io(format!("cannot create {}", root.display())))?;
-        let _ = std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700));
+        // Search but no listing for others: an agent with its own uid passes
+        // through to its own directory (0700, its own), and sees no other.
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o711))
+            .map_err(io(format!("cannot set the mode of {}", root.display())))?;
         let dir = agent_dir(root, agent);
         // A directory left by a crash holds stale values: start clean.
         let _ = std::fs::remove_dir_all(&dir);
@@ -82,17 +106,19 @@ pub fn deliver(
             .mode(0o700)
             .create(&dir)
             .map_err(io(format!("cannot create {}", dir.display())))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+                .map_err(io(format!("cannot give {} to uid {uid}", dir.display())))?;
+        }
         out.dir = Some(dir);
     }
     for (g, v) in grants.iter().zip(values) {
         match &g.delivery {
             Delivery::File => {
                 let dir = out.dir.as_ref().expect("created above");
-                write_atomic(dir, &g.secret.name, v.expose().as_bytes()).map_err(io(format!(
-                    "cannot write {} into {}",
-                    g.secret.name,
-                    dir.display()
-                )))?;
+                write_atomic(dir, &g.secret.name, v.expose().as_bytes(), owner).map_err(io(
+                    format!("cannot write {} into {}", g.secret.name, dir.display()),
+                ))?;
             }
             Delivery::Env(var) => out.env.push((var.clone(), v)),
         }
@@ -185,12 +211,27 @@ pub fn prepare_refresh(
 }
 
 impl Refresh {
-    /// Replaces each file atomically; returns how many. An agent that exited
-    /// meanwhile (its directory gone) is not an error.
+    /// Replaces each file atomically, owned like the directory (the agent's
+    /// user); returns how many. An agent that exited meanwhile (its directory
+    /// gone) is not an error.
     pub fn apply(self) -> Result<usize, SecretsError> {
+        use std::os::unix::fs::MetadataExt;
+        let owner = match std::fs::metadata(&self.dir) {
+            Ok(m)
+                if m.uid() != nix::unistd::geteuid().as_raw()
+                    || m.gid() != nix::unistd::getegid().as_raw() =>
+            {
+                Some((m.uid(), m.gid()))
+            }
+            Ok(_) => None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => {
+                return Err(io(format!("cannot inspect {}", self.dir.display()))(e));
+            }
+        };
         let mut n = 0;
         for (name, v) in &self.files {
-            match write_atomic(&self.dir, name, v.expose().as_bytes()) {
+            match write_atomic(&self.dir, name, v.expose().as_bytes(), owner) {
                 Ok(()) => n += 1,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(n),
                 Err(e) => {

@@ -635,7 +635,7 @@ fn delivery_writes_private_files_replaces_them_atomically_and_cleans_up() {
         g("TOKEN", Delivery::File),
         g("PASS", Delivery::Env("DB_PASS".into())),
     ];
-    let d = delivery::deliver(v, "bot", &grants, &root).unwrap();
+    let d = delivery::deliver(v, "bot", &grants, &root, None).unwrap();
     let agent_dir = d.dir.clone().unwrap();
     assert_eq!(
         std::fs::metadata(&agent_dir).unwrap().permissions().mode() & 0o777,
