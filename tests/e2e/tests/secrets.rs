@@ -641,3 +641,70 @@ fn an_agent_cannot_use_the_control_socket_even_with_the_daemons_uid() {
         .collect();
     assert_eq!(denials.len(), 2, "{denials:?}");
 }
+
+/// Reads (`put` None) or writes the raw head record of `name@env` while the
+/// daemon is stopped.
+fn raw_head(d: &Daemon, name: &str, env: &str, put: Option<&[u8]>) -> Vec<u8> {
+    use redb::ReadableTable;
+    let db = redb::Database::create(d.state_dir.join("ironcage.redb")).expect("open redb");
+    let def = redb::TableDefinition::<(&str, &str), &[u8]>::new("secrets_heads");
+    let txn = db.begin_write().unwrap();
+    let out = {
+        let mut t = txn.open_table(def).unwrap();
+        if let Some(b) = put {
+            t.insert((name, env), b).unwrap();
+        }
+        t.get((name, env)).unwrap().expect("head").value().to_vec()
+    };
+    txn.commit().unwrap();
+    out
+}
+
+#[test]
+fn a_head_record_put_back_from_before_a_rotation_is_refused_with_a_clear_message() {
+    const OLD: &str = "db-password-before-rotation";
+    const NEW: &str = "db-password-after-rotation";
+    let mut d = Daemon::new("");
+    start(&mut d, KEY_A);
+    set(&d, "DB_PASSWORD", "production", OLD);
+    set(&d, "OTHER", "production", "other-value");
+    assert!(
+        d.signal_and_wait(nix::sys::signal::Signal::SIGTERM)
+            .success()
+    );
+    let old_head = raw_head(&d, "DB_PASSWORD", "production", None);
+    start(&mut d, KEY_A);
+    set(&d, "DB_PASSWORD", "production", NEW);
+    assert!(
+        d.signal_and_wait(nix::sys::signal::Signal::SIGTERM)
+            .success()
+    );
+    // Someone with write access to the file rolls the rotation back.
+    raw_head(&d, "DB_PASSWORD", "production", Some(&old_head));
+    start(&mut d, KEY_A);
+
+    let out = d.ctl(&["secrets", "get", "DB_PASSWORD"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("DB_PASSWORD@production is refused")
+            && err.contains("fails authentication")
+            && err.contains("an older head was put back")
+            && err.contains("restore it from a backup")
+            && err.contains("ironctl secrets rm DB_PASSWORD --env production"),
+        "{err}"
+    );
+    assert!(!err.contains(OLD) && !err.contains(NEW), "{err}");
+    // `list` marks that one secret; the other still reads.
+    let list = d.ctl_ok(&["secrets", "list"]);
+    assert!(list.contains("TAMPERED"), "{list}");
+    assert_eq!(d.ctl_ok(&["secrets", "get", "OTHER"]), "other-value\n");
+    // Nothing in the logs or the trail holds either value.
+    let logs = d.stderr_text();
+    assert!(!logs.contains(OLD) && !logs.contains(NEW));
+    assert!(!audit(&d).iter().any(|e| {
+        let s = e.to_string();
+        s.contains(OLD) || s.contains(NEW)
+    }));
+}
