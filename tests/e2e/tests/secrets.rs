@@ -708,3 +708,80 @@ fn a_head_record_put_back_from_before_a_rotation_is_refused_with_a_clear_message
         s.contains(OLD) || s.contains(NEW)
     }));
 }
+
+#[test]
+fn the_master_key_leaves_the_daemons_environment_at_start() {
+    let agent = sh_agent(
+        "worker",
+        "echo worker-up; exec sleep 1000",
+        "secrets = [\"TOKEN\"]",
+    );
+    let mut d = Daemon::new(&agent);
+    start(&mut d, KEY_A);
+    set(&d, "TOKEN", "production", "token-value");
+    d.ctl_ok(&["agents", "restart", "worker"]);
+    let worker = d.wait_running("worker");
+    d.wait_log("worker", "worker-up");
+    // Unlocked with it: the store works.
+    assert_eq!(d.ctl_ok(&["secrets", "get", "TOKEN"]), "token-value\n");
+    // Neither the daemon's initial environment block nor the agent's holds it.
+    let daemon_env = std::fs::read(format!("/proc/{}/environ", d.pid())).expect("daemon environ");
+    assert!(!daemon_env.is_empty());
+    assert!(
+        !contains(&daemon_env, KEY_A),
+        "the key is in the daemon's environ"
+    );
+    let agent_env = std::fs::read(format!("/proc/{worker}/environ")).expect("agent environ");
+    assert!(!contains(&agent_env, KEY_A));
+    assert!(!contains(&agent_env, "IRON_SECRETS_MASTER_KEY"));
+    // A restart (the key given again) still unlocks the same store.
+    assert!(
+        d.signal_and_wait(nix::sys::signal::Signal::SIGTERM)
+            .success()
+    );
+    start(&mut d, KEY_A);
+    assert_eq!(d.ctl_ok(&["secrets", "get", "TOKEN"]), "token-value\n");
+}
+
+#[test]
+fn budget_set_and_reset_are_on_the_trail_with_their_change() {
+    let agent = sh_agent(
+        "spender",
+        "exec sleep 1000",
+        "budget_usd = 5.0\nbudget_period = \"day\"",
+    );
+    let mut d = Daemon::new(&agent);
+    start(&mut d, KEY_A);
+    d.ctl_ok(&[
+        "budget", "set", "spender", "--usd", "10", "--period", "week",
+    ]);
+    d.ctl_ok(&["budget", "reset", "spender"]);
+    let out = d.ctl(&["budget", "set", "nobody", "--usd", "1"]);
+    assert!(!out.status.success(), "{out:?}");
+    let entries: Vec<_> = audit(&d)
+        .into_iter()
+        .filter(|e| e["action"].as_str().unwrap_or("").starts_with("budget "))
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_owned(),
+                e["target"].as_str().unwrap().to_owned(),
+                e["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let s = |a: &str, t: &str, o: &str| (a.to_owned(), t.to_owned(), o.to_owned());
+    assert_eq!(
+        entries,
+        vec![
+            s("budget set", "spender", "ok"),
+            s("budget reset", "spender", "ok"),
+            s("budget set", "nobody", "failed"),
+        ]
+    );
+    // The change itself survived a SIGKILL right after the reply.
+    d.signal_and_wait(nix::sys::signal::Signal::SIGKILL);
+    start(&mut d, KEY_A);
+    let b = d.ctl_ok(&["budget", "show", "spender"]);
+    assert!(b.contains("10.00") && b.contains("week"), "{b}");
+    assert!(d.ctl_ok(&["audit", "verify"]).contains("audit trail OK"));
+}
