@@ -69,6 +69,11 @@ fn init_logging(format: Option<LogFormat>) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: the first thing `main` does: no other thread exists yet (the
+    // runtime, the logger and every actor start later), so changing the
+    // environment cannot race a reader. The key is removed so that no child
+    // can inherit it, and zeroed in the initial environment block.
+    unsafe { ironcaged::secrets::master::take_env_var() };
     let cli = Cli::parse();
     if cli.check_config {
         return match ironcaged::config::Config::load(&cli.config) {

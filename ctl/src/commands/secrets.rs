@@ -17,6 +17,7 @@ use ironcage_shared::protocol::{
 };
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
 
 #[derive(Debug, Clone, Args)]
 pub struct EnvArg {
@@ -129,31 +130,61 @@ pub enum SecretsCommand {
     },
 }
 
-/// Reads a value from stdin or a file, dropping one trailing newline.
-fn read_value(stdin: bool, file: Option<&Path>) -> anyhow::Result<SecretValue> {
-    let mut buf = String::new();
-    match file {
-        Some(f) => {
-            buf = std::fs::read_to_string(f)
-                .with_context(|| format!("cannot read {}", f.display()))?;
+/// Reads all of `r` into a buffer zeroized on drop. It grows by copying into
+/// a new zeroized buffer (the old one is wiped as it is dropped), so no
+/// reallocation leaves a copy of the value behind in freed memory.
+fn read_zeroizing(mut r: impl Read, hint: usize) -> std::io::Result<Zeroizing<Vec<u8>>> {
+    let mut buf = Zeroizing::new(Vec::with_capacity(hint.max(4096)));
+    let mut chunk = Zeroizing::new([0u8; 4096]);
+    loop {
+        let n = match r.read(&mut chunk[..]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.len() + n > buf.capacity() {
+            let mut bigger = Zeroizing::new(Vec::with_capacity(
+                (buf.len() + n).max(buf.capacity().saturating_mul(2)),
+            ));
+            bigger.extend_from_slice(&buf);
+            buf = bigger;
         }
-        None if stdin => {
-            std::io::stdin()
-                .read_to_string(&mut buf)
-                .context("cannot read the value from standard input")?;
-        }
-        None => bail!("give --value-stdin or --from-file"),
+        buf.extend_from_slice(&chunk[..n]);
     }
-    if buf.ends_with('\n') {
+    Ok(buf)
+}
+
+/// Reads a value from stdin or a file, dropping one trailing newline. Every
+/// buffer that holds it is zeroized.
+fn read_value(stdin: bool, file: Option<&Path>) -> anyhow::Result<SecretValue> {
+    let mut buf = match file {
+        Some(f) => {
+            let fh =
+                std::fs::File::open(f).with_context(|| format!("cannot read {}", f.display()))?;
+            let hint = fh.metadata().map_or(0, |m| m.len() as usize + 1);
+            read_zeroizing(fh, hint).with_context(|| format!("cannot read {}", f.display()))?
+        }
+        None if stdin => read_zeroizing(std::io::stdin().lock(), 0)
+            .context("cannot read the value from standard input")?,
+        None => bail!("give --value-stdin or --from-file"),
+    };
+    if buf.last() == Some(&b'\n') {
         buf.pop();
-        if buf.ends_with('\r') {
+        if buf.last() == Some(&b'\r') {
             buf.pop();
         }
     }
     if buf.is_empty() {
         bail!("the value is empty; nothing was sent");
     }
-    Ok(SecretValue::new(buf))
+    match String::from_utf8(std::mem::take(&mut *buf)) {
+        Ok(s) => Ok(SecretValue::new(s)),
+        Err(e) => {
+            drop(Zeroizing::new(e.into_bytes()));
+            bail!("the value is not UTF-8 text; nothing was sent")
+        }
+    }
 }
 
 pub fn run(ctx: &Ctx, c: SecretsCommand) -> anyhow::Result<()> {
@@ -347,7 +378,14 @@ fn export(
                 .with_context(|| format!("cannot write {}", p.display()))?;
             eprintln!("exported to {} (mode 0600)", p.display());
         }
-        _ => output::emit(&format!("{}\n", doc.expose()))?,
+        // Straight from the zeroized document: no formatted copy.
+        _ => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(doc.expose().as_bytes())
+                .and_then(|()| out.write_all(b"\n"))
+                .and_then(|()| out.flush())
+                .map_err(output::StdoutError)?;
+        }
     }
     Ok(())
 }
@@ -361,6 +399,24 @@ mod tests {
     struct T {
         #[command(subcommand)]
         c: super::SecretsCommand,
+    }
+
+    #[test]
+    fn values_read_through_zeroized_buffers_whole_and_trimmed() {
+        // Larger than the first buffer and the chunk: grows several times.
+        let big: Vec<u8> = (0..100_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let got = super::read_zeroizing(&big[..], 0).unwrap();
+        assert_eq!(&got[..], &big[..]);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("v");
+        std::fs::write(&f, "value with a newline\r\n").unwrap();
+        let v = super::read_value(false, Some(&f)).unwrap();
+        assert_eq!(v.expose(), "value with a newline");
+        std::fs::write(&f, [0xff, 0xfe, b'x']).unwrap();
+        let e = super::read_value(false, Some(&f)).unwrap_err().to_string();
+        assert!(e.contains("not UTF-8"), "{e}");
+        std::fs::write(&f, "\n").unwrap();
+        assert!(super::read_value(false, Some(&f)).is_err());
     }
 
     #[test]

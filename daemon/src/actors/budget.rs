@@ -365,7 +365,34 @@ impl BudgetHandle {
         period: Option<BudgetPeriod>,
     ) -> Result<BudgetInfo, BudgetError> {
         let (tx, rx) = oneshot::channel();
-        self.core.set(agent, limit, period, tx);
+        self.core.set(agent, limit, period, None, tx);
+        rx.await.unwrap_or(Err(BudgetError::Unavailable))
+    }
+
+    /// [`Self::set`] with `audit` committed in the same redb transaction as
+    /// the change: both durable before this resolves, or neither. Fails
+    /// ([`BudgetError::Unavailable`]) if no trail was given ([`Self::set_audit`]).
+    pub async fn set_audited(
+        &self,
+        agent: AgentName,
+        limit: Micros,
+        period: Option<BudgetPeriod>,
+        audit: crate::audit::Draft,
+    ) -> Result<BudgetInfo, BudgetError> {
+        let (tx, rx) = oneshot::channel();
+        self.core.set(agent, limit, period, Some(audit), tx);
+        rx.await.unwrap_or(Err(BudgetError::Unavailable))
+    }
+
+    /// [`Self::reset`] with `audit` committed in the same redb transaction
+    /// as the change (see [`Self::set_audited`]).
+    pub async fn reset_audited(
+        &self,
+        agent: AgentName,
+        audit: crate::audit::Draft,
+    ) -> Result<BudgetInfo, BudgetError> {
+        let (tx, rx) = oneshot::channel();
+        self.core.reset(agent, Some(audit), tx);
         rx.await.unwrap_or(Err(BudgetError::Unavailable))
     }
 
@@ -373,7 +400,7 @@ impl BudgetHandle {
     /// alerts (recorded as an event; the history stays). Resolves once durable.
     pub async fn reset(&self, agent: AgentName) -> Result<BudgetInfo, BudgetError> {
         let (tx, rx) = oneshot::channel();
-        self.core.reset(agent, tx);
+        self.core.reset(agent, None, tx);
         rx.await.unwrap_or(Err(BudgetError::Unavailable))
     }
 

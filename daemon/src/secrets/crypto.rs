@@ -160,8 +160,81 @@ pub fn audit_key_aad(kek_gen: u32) -> Vec<u8> {
     a
 }
 
-/// The plaintext of a key-check record: a constant; only the right KEK opens it.
+/// The plaintext of a key-check record written before head records were
+/// authenticated: a constant; only the right KEK opens it. A store whose check
+/// opens to this one has heads without a MAC, upgraded at unlock.
 pub const CHECK_PLAINTEXT: &[u8] = b"iron-cage key check";
+
+/// The plaintext of a key-check record of a store whose every head record
+/// carries a MAC ([`HeadKey`]). Sealed under the KEK, so the marker cannot be
+/// set back to [`CHECK_PLAINTEXT`] without the master key: a head without a
+/// MAC in such a store is tampering, never a legacy record.
+pub const CHECK_PLAINTEXT_HEADS_MAC: &[u8] = b"iron-cage key check; heads authenticated v1";
+
+/// Bytes of a head record's MAC (HMAC-SHA256).
+pub const HEAD_MAC_LEN: usize = 32;
+
+/// The key authenticating secret head records: HMAC-SHA256 under a subkey
+/// derived (HKDF-SHA256, its own salt and info) from the audit key material,
+/// which is wrapped under the KEK and survives a rekey unchanged, so a rekey
+/// never re-MACs heads. Zeroized on drop, never printed.
+pub struct HeadKey(Key);
+
+impl fmt::Debug for HeadKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HeadKey([REDACTED])")
+    }
+}
+
+/// The fields of a head record a MAC covers (everything the record holds).
+#[derive(Debug, Clone, Copy)]
+pub struct HeadFields<'a> {
+    pub current: u32,
+    pub next: u32,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    pub updated_by: &'a str,
+}
+
+impl HeadKey {
+    /// Derives the head MAC key from the audit key material.
+    pub fn derive(material: &Key) -> HeadKey {
+        let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(b"ironcage-secrets"), material.expose());
+        let mut k = Zeroizing::new([0u8; KEY_LEN]);
+        hk.expand(b"secret head mac v1", &mut k[..])
+            .expect("32 bytes from HKDF-SHA256");
+        HeadKey(Key(k))
+    }
+
+    fn hmac(&self, name: &str, env: &str, h: &HeadFields<'_>) -> hmac::Hmac<sha2::Sha256> {
+        use hmac::Mac;
+        let mut msg = Vec::with_capacity(96 + name.len() + h.updated_by.len());
+        field(&mut msg, b"ironcage/secret-head/v1");
+        field(&mut msg, name.as_bytes());
+        field(&mut msg, env.as_bytes());
+        msg.extend_from_slice(&h.current.to_be_bytes());
+        msg.extend_from_slice(&h.next.to_be_bytes());
+        msg.extend_from_slice(&h.created_ms.to_be_bytes());
+        msg.extend_from_slice(&h.updated_ms.to_be_bytes());
+        field(&mut msg, h.updated_by.as_bytes());
+        let mut m = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(self.0.expose())
+            .expect("HMAC takes any key length");
+        m.update(&msg);
+        m
+    }
+
+    /// The MAC of the head of `name@env` holding `h`.
+    pub fn mac(&self, name: &str, env: &str, h: &HeadFields<'_>) -> [u8; HEAD_MAC_LEN] {
+        use hmac::Mac;
+        self.hmac(name, env, h).finalize().into_bytes().into()
+    }
+
+    /// Whether `mac` authenticates `h` as the head of `name@env` (constant time).
+    pub fn verify(&self, name: &str, env: &str, h: &HeadFields<'_>, mac: &[u8]) -> bool {
+        use hmac::Mac;
+        self.hmac(name, env, h).verify_slice(mac).is_ok()
+    }
+}
 
 /// Wraps `dek` under `kek`.
 pub fn wrap(kek: &Key, dek: &Key, aad: &[u8]) -> Vec<u8> {
@@ -255,6 +328,46 @@ mod tests {
         assert_ne!(value_aad("ab", "c", 1), value_aad("a", "bc", 1));
         assert_ne!(value_aad("a", "b", 1), dek_aad("a", "b", 1, 0)[..].to_vec());
         assert_ne!(dek_aad("a", "b", 1, 2), dek_aad("a", "b", 2, 1));
+    }
+
+    #[test]
+    fn head_mac_covers_name_env_and_every_field() {
+        let k = HeadKey::derive(&Key::random());
+        let h = HeadFields {
+            current: 2,
+            next: 3,
+            created_ms: 10,
+            updated_ms: 20,
+            updated_by: "uid 0 (root)",
+        };
+        let mac = k.mac("db", "production", &h);
+        assert!(k.verify("db", "production", &h, &mac));
+        assert!(!k.verify("db2", "production", &h, &mac));
+        assert!(!k.verify("db", "staging", &h, &mac));
+        assert!(!k.verify("d", "bproduction", &h, &mac));
+        for bad in [
+            HeadFields { current: 1, ..h },
+            HeadFields { next: 4, ..h },
+            HeadFields {
+                created_ms: 11,
+                ..h
+            },
+            HeadFields {
+                updated_ms: 21,
+                ..h
+            },
+            HeadFields {
+                updated_by: "uid 1",
+                ..h
+            },
+        ] {
+            assert!(!k.verify("db", "production", &bad, &mac), "{bad:?}");
+        }
+        assert!(!k.verify("db", "production", &h, &mac[..31]));
+        // Another key material: another key.
+        let other = HeadKey::derive(&Key::random());
+        assert!(!other.verify("db", "production", &h, &mac));
+        assert_eq!(format!("{k:?}"), "HeadKey([REDACTED])");
     }
 
     #[test]

@@ -10,6 +10,46 @@ use zeroize::Zeroizing;
 
 /// The environment variable holding the master key.
 pub const ENV_VAR: &str = "IRON_SECRETS_MASTER_KEY";
+
+/// The value [`take_env_var`] moved out of the environment, until
+/// [`resolve`] takes it.
+static FROM_ENV: std::sync::Mutex<Option<Zeroizing<Vec<u8>>>> = std::sync::Mutex::new(None);
+
+/// Moves `IRON_SECRETS_MASTER_KEY` out of the process environment: the value
+/// is kept (zeroized on drop) for [`resolve`], its bytes in the environment
+/// block are overwritten with zeros (so `/proc/<pid>/environ`, which shows
+/// the block the process started with, no longer holds it), and the variable
+/// is removed (so no child can inherit it, even one spawned without a
+/// cleared environment). Returns whether it was set.
+///
+/// # Safety
+/// Call at the very start of `main`, before any other thread exists: the
+/// environment is read and written without the lock `std::env` takes, and
+/// another thread reading it meanwhile would race.
+pub unsafe fn take_env_var() -> bool {
+    let name = c"IRON_SECRETS_MASTER_KEY";
+    // SAFETY: single-threaded (the caller's contract); `getenv` returns null
+    // or a pointer to the NUL-terminated value inside the environment, which
+    // stays valid until the environment is changed below.
+    let p = unsafe { libc::getenv(name.as_ptr()) };
+    if p.is_null() {
+        return false;
+    }
+    // SAFETY: `p` is a valid NUL-terminated string (see above).
+    let len = unsafe { libc::strlen(p) };
+    // SAFETY: `len` bytes from `p` are the value, readable and writable (the
+    // initial environment block on the stack, or a heap copy if it was set
+    // at run time); nothing else references them while we copy and zero.
+    let value = Zeroizing::new(unsafe { std::slice::from_raw_parts(p as *const u8, len) }.to_vec());
+    // SAFETY: as above; overwriting the value in place leaves `NAME=` followed
+    // by NULs, still a valid entry for `remove_var` to find.
+    unsafe { std::ptr::write_bytes(p, 0, len) };
+    // SAFETY: single-threaded (the caller's contract), so no other thread can
+    // read the environment while it changes.
+    unsafe { std::env::remove_var(ENV_VAR) };
+    *FROM_ENV.lock().unwrap_or_else(|p| p.into_inner()) = Some(value);
+    true
+}
 /// Default systemd credential name.
 pub const DEFAULT_CREDENTIAL: &str = "ironcage-master-key";
 /// Shortest master key accepted, in bytes.
@@ -104,6 +144,10 @@ pub fn resolve(
 ) -> Result<Option<MasterKey>, MasterKeyError> {
     if let Some(v) = env(ENV_VAR) {
         return MasterKey::new(v.into_bytes(), ENV_VAR).map(Some);
+    }
+    // Moved out of the environment at start ([`take_env_var`]).
+    if let Some(mut v) = FROM_ENV.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return MasterKey::new(std::mem::take(&mut *v), ENV_VAR).map(Some);
     }
     if let Some(p) = key_file {
         return MasterKey::from_file(p).map(Some);

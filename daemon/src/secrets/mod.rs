@@ -20,6 +20,8 @@ pub mod vault;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_heads;
 
 use crate::audit::{AuditHandle, AuditKey, AuditLog};
 use crate::store::Store;
@@ -61,6 +63,15 @@ pub enum SecretsError {
         name: String,
         env: SecretEnv,
         version: u32,
+    },
+    #[error(
+        "secret {name}@{env} is refused: its head record (which version is current) fails authentication ({why}). The secrets store was edited outside ironcaged, or an old copy of the record was put back, so it may point at a rolled-back value; nothing was served. Find out who had write access to the state directory, then restore it from a backup, or remove the secret (`ironctl secrets rm {name} --env {env}`) and set it again"
+    )]
+    HeadTampered {
+        name: String,
+        env: SecretEnv,
+        /// Which check failed (never a value).
+        why: String,
     },
     #[error(
         "agent {agent} is not granted the secret {name}; add it to the agent's `secrets` or `secret_env` in the config"
@@ -120,7 +131,14 @@ impl Secrets {
         let audit_key = unlock.as_ref().map(|u| AuditKey::derive(&u.audit_material));
         let log = Arc::new(AuditLog::open(store, audit_key)?);
         let audit = AuditHandle::start(log);
+        let legacy_heads = unlock.as_ref().is_some_and(|u| !u.heads_authenticated);
         let vault = unlock.map(|u| Arc::new(Vault::new(u, audit.clone(), keep_versions)));
+        if let (true, Some(v)) = (legacy_heads, &vault) {
+            // A store written before heads were authenticated: MAC them all
+            // now, in one transaction, before anything reads one.
+            let n = v.upgrade_heads(&crate::audit::Actor::daemon())?;
+            tracing::info!("secrets store upgraded: {n} head records now carry a MAC");
+        }
         Ok(Secrets { vault, audit })
     }
 

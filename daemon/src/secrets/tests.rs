@@ -518,7 +518,7 @@ fn export_import_round_trip_is_identical() {
     va.set(&admin(), "DB", Staging, "p@ss \"quoted\" \n newline")
         .unwrap();
     let doc = transfer::export(va, &admin(), SecretsFormat::VaultKv2, None).unwrap();
-    let parsed: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(doc.expose()).unwrap();
     assert_eq!(
         parsed[0]["data"]["metadata"]["custom_metadata"]["ironcage_env"],
         "staging"
@@ -533,7 +533,7 @@ fn export_import_round_trip_is_identical() {
     let b = open(b_dir.path(), Some(KEY_B)).unwrap();
     let vb = b.vault().unwrap();
     assert_eq!(
-        transfer::import(vb, &admin(), None, Production, &doc).unwrap(),
+        transfer::import(vb, &admin(), None, Production, doc.expose()).unwrap(),
         2
     );
     let again = transfer::export(vb, &admin(), SecretsFormat::VaultKv2, None).unwrap();
@@ -542,11 +542,18 @@ fn export_import_round_trip_is_identical() {
     // Flat: one environment.
     let flat = transfer::export(va, &admin(), SecretsFormat::Flat, Some(Staging)).unwrap();
     assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&flat).unwrap()["DB"],
+        serde_json::from_str::<serde_json::Value>(flat.expose()).unwrap()["DB"],
         "p@ss \"quoted\" \n newline"
     );
     assert!(transfer::export(va, &admin(), SecretsFormat::Flat, None).is_err());
-    transfer::import(vb, &admin(), Some(SecretsFormat::Flat), Development, &flat).unwrap();
+    transfer::import(
+        vb,
+        &admin(),
+        Some(SecretsFormat::Flat),
+        Development,
+        flat.expose(),
+    )
+    .unwrap();
     assert_eq!(
         vb.read_current("DB", Development).unwrap().expose(),
         "p@ss \"quoted\" \n newline"
@@ -568,6 +575,10 @@ fn export_import_round_trip_is_identical() {
         "[{\"data\": {}}]",
         "not json sk-secret-text",
         "{}",
+        // A value where an object belongs, and a nested value: never echoed.
+        "[{\"data\": \"sk-secret-text\"}]",
+        "{\"A\": {\"x\": \"sk-secret-text\"}}",
+        "{\"data\": {\"data\": {\"K\": [\"sk-secret-text\"]}}}",
     ] {
         let e = transfer::import(vb, &admin(), None, Production, bad)
             .unwrap_err()

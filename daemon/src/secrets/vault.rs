@@ -4,7 +4,9 @@
 //! - `secrets_meta`: `current_gen` -> the KEK generation in force;
 //! - `secrets_keks`: generation -> [`KekRecord`] (Argon2 salt, key-check blob,
 //!   the audit key wrapped under that KEK);
-//! - `secrets_heads`: (name, env) -> [`Head`] (current version, metadata);
+//! - `secrets_heads`: (name, env) -> [`Head`] (current version, metadata)
+//!   followed by its MAC ([`HeadKey`]: HMAC-SHA256 over the domain, name,
+//!   env and every field, keyed from the audit key material);
 //! - `secrets_versions`: (name, env, version) -> [`VersionRecord`] (the DEK
 //!   wrapped under the KEK of `kek_gen`, the sealed value).
 //!
@@ -12,10 +14,19 @@
 //! ([`AuditLog::write`]). Rekey re-wraps every DEK and the audit key under the
 //! new KEK, records the new generation and drops the old one in one
 //! transaction: before the commit everything opens under the old key only,
-//! after it under the new key only.
+//! after it under the new key only. The head MAC key comes from the audit key
+//! material, which a rekey re-wraps unchanged, so heads stay valid as written.
+//!
+//! Every read of a head ([`load_head`]) checks its MAC and that no version at
+//! or above its `next` exists: a head edited (`current` set back), copied to
+//! another name or environment, stripped of its MAC, or replayed from before
+//! a later `set` is refused with [`SecretsError::HeadTampered`]. Limits: a
+//! replayed head together with the deletion of every newer version, or a
+//! restore of the whole file from an older copy, looks consistent (the audit
+//! trail still shows the `set` entries that were lost).
 
 use super::SecretsError;
-use super::crypto::{self, CryptoError, Key};
+use super::crypto::{self, CryptoError, HEAD_MAC_LEN, HeadFields, HeadKey, Key};
 use super::mask::mask;
 use super::master::MasterKey;
 use crate::audit::{Actor, AuditError, AuditHandle, AuditLog, Draft};
@@ -44,20 +55,21 @@ pub const SCHEMA_VERSION: u32 = 1;
 #[derive(Serialize, Deserialize)]
 struct KekRecord {
     salt: Vec<u8>,
-    /// [`crypto::CHECK_PLAINTEXT`] sealed under this KEK.
+    /// [`crypto::CHECK_PLAINTEXT_HEADS_MAC`] (or, before heads were
+    /// authenticated, [`crypto::CHECK_PLAINTEXT`]) sealed under this KEK.
     check: Vec<u8>,
     /// The audit key material wrapped under this KEK.
     audit_key: Vec<u8>,
 }
 
 /// A secret's current version and metadata.
-#[derive(Serialize, Deserialize, Clone)]
-struct Head {
-    current: u32,
-    next: u32,
-    created_ms: u64,
-    updated_ms: u64,
-    updated_by: String,
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub(super) struct Head {
+    pub(super) current: u32,
+    pub(super) next: u32,
+    pub(super) created_ms: u64,
+    pub(super) updated_ms: u64,
+    pub(super) updated_by: String,
 }
 
 /// One sealed version.
@@ -116,6 +128,8 @@ struct Unlocked {
 pub struct Vault {
     audit: AuditHandle,
     unlocked: RwLock<Unlocked>,
+    /// Authenticates head records; unchanged by a rekey.
+    head_key: HeadKey,
     keep_versions: std::sync::atomic::AtomicU32,
 }
 
@@ -133,10 +147,92 @@ fn dec<'a, T: Deserialize<'a>>(b: &'a [u8], what: &str) -> Result<T, SecretsErro
     postcard::from_bytes(b).map_err(|e| SecretsError::Damaged(format!("{what}: {e}")))
 }
 
-/// The head (current version, metadata) of `name@env`; `NotFound` if unset.
-fn read_head(
-    heads: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+impl Head {
+    fn fields(&self) -> HeadFields<'_> {
+        HeadFields {
+            current: self.current,
+            next: self.next,
+            created_ms: self.created_ms,
+            updated_ms: self.updated_ms,
+            updated_by: &self.updated_by,
+        }
+    }
+}
+
+/// A head record as stored: `postcard(Head) || MAC`.
+fn enc_head(key: &HeadKey, name: &str, env: &str, head: &Head) -> Vec<u8> {
+    let mut b = enc(head);
+    b.extend_from_slice(&key.mac(name, env, &head.fields()));
+    b
+}
+
+/// Splits a stored head record into the head and its MAC (`None`: a record
+/// written before heads were authenticated, or one stripped of its MAC).
+fn split_head(b: &[u8]) -> Result<(Head, Option<&[u8]>), SecretsError> {
+    let (head, rest) = postcard::take_from_bytes::<Head>(b)
+        .map_err(|e| SecretsError::Damaged(format!("secret head: {e}")))?;
+    match rest.len() {
+        0 => Ok((head, None)),
+        HEAD_MAC_LEN => Ok((head, Some(rest))),
+        n => Err(SecretsError::Damaged(format!(
+            "secret head: {n} trailing bytes where a {HEAD_MAC_LEN}-byte MAC belongs"
+        ))),
+    }
+}
+
+/// Checks a stored head of `name@env`: its MAC, `current < next`, and that no
+/// version at or above `next` exists (a cheap range lookup that catches an
+/// old head put back after a later `set`).
+fn check_head(
+    bytes: &[u8],
+    versions: &impl ReadableTable<(&'static str, &'static str, u32), &'static [u8]>,
     store: &Store,
+    key: &HeadKey,
+    name: &str,
+    env: SecretEnv,
+) -> Result<Head, SecretsError> {
+    let tampered = |why: String| SecretsError::HeadTampered {
+        name: name.into(),
+        env,
+        why,
+    };
+    let (head, mac) = split_head(bytes)?;
+    let Some(mac) = mac else {
+        return Err(tampered("it has no MAC".into()));
+    };
+    if !key.verify(name, env.as_str(), &head.fields(), mac) {
+        return Err(tampered(
+            "its MAC does not match its contents, name and environment".into(),
+        ));
+    }
+    if head.current >= head.next {
+        return Err(tampered(format!(
+            "its current version {} is not below its next {}",
+            head.current, head.next
+        )));
+    }
+    if let Some(r) = versions
+        .range((name, env.as_str(), head.next)..=(name, env.as_str(), u32::MAX))
+        .map_err(|e| store.err("read secrets_versions", e))?
+        .next()
+    {
+        let (k, _) = r.map_err(|e| store.err("read secrets_versions", e))?;
+        return Err(tampered(format!(
+            "version {} exists but the head says the next version is {}: an older head was put back",
+            k.value().2,
+            head.next
+        )));
+    }
+    Ok(head)
+}
+
+/// The authenticated head (current version, metadata) of `name@env`;
+/// `NotFound` if unset, `HeadTampered` if it fails [`check_head`].
+fn load_head(
+    heads: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    versions: &impl ReadableTable<(&'static str, &'static str, u32), &'static [u8]>,
+    store: &Store,
+    key: &HeadKey,
     name: &str,
     env: SecretEnv,
 ) -> Result<Head, SecretsError> {
@@ -144,13 +240,17 @@ fn read_head(
         .get((name, env.as_str()))
         .map_err(|e| store.err("read secrets_heads", e))?
     {
-        Some(h) => dec(h.value(), "secret head"),
+        Some(h) => check_head(h.value(), versions, store, key, name, env),
         None => Err(SecretsError::NotFound {
             name: name.into(),
             env,
         }),
     }
 }
+
+/// What `list` shows in place of the masked value of a secret whose head
+/// record fails authentication (reading it is refused).
+pub const TAMPERED_MARK: &str = "<TAMPERED: head record fails authentication>";
 
 fn target(name: &str, env: SecretEnv) -> String {
     format!("{name}@{env}")
@@ -164,6 +264,10 @@ pub struct Unlock {
     pub audit_material: Key,
     /// Whether the store was initialised by this unlock (first use).
     pub initialised: bool,
+    /// Whether every head record carries a MAC (the key-check record says
+    /// so). `false` for a store written before heads were authenticated:
+    /// [`Vault::upgrade_heads`] MACs them.
+    pub heads_authenticated: bool,
 }
 
 impl std::fmt::Debug for Unlock {
@@ -217,12 +321,21 @@ pub fn unlock(store: &Store, master: &MasterKey) -> Result<Unlock, SecretsError>
             }));
         }
         let kek = crypto::derive_kek(master.expose(), &rec.salt).map_err(|_| SecretsError::Kdf)?;
-        if crypto::open(&kek, &rec.check, &crypto::check_aad(generation)).is_err() {
+        let Ok(check) = crypto::open(&kek, &rec.check, &crypto::check_aad(generation)) else {
             return Err(SecretsError::WrongKey {
                 source_name: master.source.clone(),
                 path: store.path().display().to_string(),
             });
-        }
+        };
+        let heads_authenticated = match &check[..] {
+            c if c == crypto::CHECK_PLAINTEXT_HEADS_MAC => true,
+            c if c == crypto::CHECK_PLAINTEXT => false,
+            _ => {
+                return Err(SecretsError::Damaged(
+                    "the key-check record opens but holds an unknown marker".into(),
+                ));
+            }
+        };
         let audit_material =
             crypto::unwrap(&kek, &rec.audit_key, &crypto::audit_key_aad(generation))
                 .map_err(|_| SecretsError::Damaged("the wrapped audit key does not open".into()))?;
@@ -231,6 +344,7 @@ pub fn unlock(store: &Store, master: &MasterKey) -> Result<Unlock, SecretsError>
             kek,
             audit_material,
             initialised: false,
+            heads_authenticated,
         });
     }
     let salt = crypto::random_salt();
@@ -241,7 +355,7 @@ pub fn unlock(store: &Store, master: &MasterKey) -> Result<Unlock, SecretsError>
         salt: salt.to_vec(),
         check: crypto::seal(
             &kek,
-            crypto::CHECK_PLAINTEXT,
+            crypto::CHECK_PLAINTEXT_HEADS_MAC,
             &crypto::check_aad(generation),
         ),
         audit_key: crypto::wrap(&kek, &audit_material, &crypto::audit_key_aad(generation)),
@@ -267,6 +381,7 @@ pub fn unlock(store: &Store, master: &MasterKey) -> Result<Unlock, SecretsError>
         kek,
         audit_material,
         initialised: true,
+        heads_authenticated: true,
     })
 }
 
@@ -287,6 +402,7 @@ impl Vault {
     pub fn new(unlock: Unlock, audit: AuditHandle, keep_versions: u32) -> Vault {
         Vault {
             audit,
+            head_key: HeadKey::derive(&unlock.audit_material),
             unlocked: RwLock::new(Unlocked {
                 generation: unlock.generation,
                 kek: unlock.kek,
@@ -399,13 +515,14 @@ impl Vault {
         let mut versions = txn
             .open_table(VERSIONS)
             .map_err(|e| store.err("open secrets_versions", e))?;
-        let head: Option<Head> = match heads
-            .get((name, env.as_str()))
-            .map_err(|e| store.err("read secrets_heads", e))?
-        {
-            Some(h) => Some(dec(h.value(), "secret head")?),
-            None => None,
-        };
+        // A tampered head is refused here too: its `next` must not be
+        // trusted to pick the new version number.
+        let head: Option<Head> =
+            match load_head(&heads, &versions, store, &self.head_key, name, env) {
+                Ok(h) => Some(h),
+                Err(SecretsError::NotFound { .. }) => None,
+                Err(e) => return Err(e),
+            };
         let mut head = head.unwrap_or(Head {
             current: 0,
             next: 1,
@@ -444,7 +561,10 @@ impl Vault {
         head.updated_ms = updated;
         head.updated_by = by;
         heads
-            .insert((name, env.as_str()), enc(&head).as_slice())
+            .insert(
+                (name, env.as_str()),
+                enc_head(&self.head_key, name, env.as_str(), &head).as_slice(),
+            )
             .map_err(|e| store.err("write secrets_heads", e))?;
         // Keep the newest `keep` versions.
         let mut kept: Vec<u32> = Vec::new();
@@ -487,11 +607,11 @@ impl Vault {
             }
             Err(e) => return Err(store.err("open secrets_heads", e).into()),
         };
-        let head: Head = read_head(&heads, store, name, env)?;
-        let version = version.unwrap_or(head.current);
         let versions = txn
             .open_table(VERSIONS)
             .map_err(|e| store.err("open secrets_versions", e))?;
+        let head = load_head(&heads, &versions, store, &self.head_key, name, env)?;
+        let version = version.unwrap_or(head.current);
         let rec: VersionRecord = match versions
             .get((name, env.as_str(), version))
             .map_err(|e| store.err("read secrets_versions", e))?
@@ -623,16 +743,27 @@ impl Vault {
             if env.is_some_and(|want| want != e) {
                 continue;
             }
-            let head: Head = dec(v.value(), "secret head")?;
             let count = versions
                 .range((name, env_s, 0)..=(name, env_s, u32::MAX))
                 .map_err(|e| store.err("read secrets_versions", e))?
                 .count() as u32;
-            let masked = match self.read_version(name, e, None) {
-                Ok((_, s)) => mask(s.expose()),
-                Err(SecretsError::Tampered { .. }) => "<cannot decrypt>".into(),
-                Err(err) => return Err(err),
-            };
+            // One tampered head marks its own row; the others still list.
+            let (head, masked) =
+                match check_head(v.value(), &versions, store, &self.head_key, name, e) {
+                    Ok(head) => {
+                        let masked = match self.read_version(name, e, None) {
+                            Ok((_, s)) => mask(s.expose()),
+                            Err(SecretsError::Tampered { .. }) => "<cannot decrypt>".into(),
+                            Err(SecretsError::HeadTampered { .. }) => TAMPERED_MARK.into(),
+                            Err(err) => return Err(err),
+                        };
+                        (head, masked)
+                    }
+                    Err(SecretsError::HeadTampered { .. }) => {
+                        (split_head(v.value())?.0, TAMPERED_MARK.into())
+                    }
+                    Err(err) => return Err(err),
+                };
             out.push(SecretInfo {
                 name: name.to_owned(),
                 env: e,
@@ -649,7 +780,8 @@ impl Vault {
 
     /// Which version of each secret is current, and when it last changed:
     /// `(name, env) -> (version, updated_ms)`. Reads no value (rotation
-    /// pushes compare two of these).
+    /// pushes compare two of these). A head that fails authentication fails
+    /// the whole call (a reload is refused and keeps the old state).
     pub fn heads(&self) -> Result<Heads, SecretsError> {
         let store = self.store();
         let txn = store.begin_read()?;
@@ -658,6 +790,9 @@ impl Vault {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(BTreeMap::new()),
             Err(e) => return Err(store.err("open secrets_heads", e).into()),
         };
+        let versions = txn
+            .open_table(VERSIONS)
+            .map_err(|e| store.err("open secrets_versions", e))?;
         let mut out = BTreeMap::new();
         for r in heads
             .iter()
@@ -668,7 +803,7 @@ impl Vault {
             let Ok(env) = env_s.parse::<SecretEnv>() else {
                 continue;
             };
-            let head: Head = dec(v.value(), "secret head")?;
+            let head = check_head(v.value(), &versions, store, &self.head_key, name, env)?;
             out.insert((name.to_owned(), env), (head.current, head.updated_ms));
         }
         Ok(out)
@@ -724,7 +859,7 @@ impl Vault {
                 });
             }
         };
-        let head: Head = read_head(&heads, store, name, env)?;
+        let head = load_head(&heads, &versions, store, &self.head_key, name, env)?;
         let mut out = Vec::new();
         for r in versions
             .range((name, env.as_str(), 0)..=(name, env.as_str(), u32::MAX))
@@ -758,13 +893,19 @@ impl Vault {
             let mut heads = txn
                 .open_table(HEADS)
                 .map_err(|e| store.err("open secrets_heads", e))?;
-            let mut head: Head = read_head(&heads, store, name, env)?;
+            let versions = txn
+                .open_table(VERSIONS)
+                .map_err(|e| store.err("open secrets_versions", e))?;
+            let mut head = load_head(&heads, &versions, store, &self.head_key, name, env)?;
             let from = head.current;
             head.current = version;
             head.updated_ms = crate::util::unix_ms();
             head.updated_by = actor.describe.clone();
             heads
-                .insert((name, env.as_str()), enc(&head).as_slice())
+                .insert(
+                    (name, env.as_str()),
+                    enc_head(&self.head_key, name, env.as_str(), &head).as_slice(),
+                )
                 .map_err(|e| store.err("write secrets_heads", e))?;
             app.append(
                 Draft::new(
@@ -824,6 +965,103 @@ impl Vault {
         })
     }
 
+    /// Gives every head record written before heads were authenticated its
+    /// MAC, and reseals the key-check record with the marker saying every
+    /// head now has one; one transaction, one audit entry. Called once at
+    /// open for such a store (see [`Unlock::heads_authenticated`]). A legacy
+    /// head that already points below an existing version is left without a
+    /// MAC (so reading it is refused) and counted in the entry. Returns how
+    /// many heads were given a MAC.
+    pub fn upgrade_heads(&self, actor: &Actor) -> Result<usize, SecretsError> {
+        let un = self.unlocked.read().expect("kek lock");
+        let store = self.store();
+        self.log().write(|txn, app| {
+            let mut heads = txn
+                .open_table(HEADS)
+                .map_err(|e| store.err("open secrets_heads", e))?;
+            let versions = txn
+                .open_table(VERSIONS)
+                .map_err(|e| store.err("open secrets_versions", e))?;
+            let mut rewrite = Vec::new();
+            let mut refused = Vec::new();
+            for r in heads
+                .iter()
+                .map_err(|e| store.err("read secrets_heads", e))?
+            {
+                let (k, v) = r.map_err(|e| store.err("read secrets_heads", e))?;
+                let (name, env) = k.value();
+                let (head, mac) = split_head(v.value())?;
+                if mac.is_some() {
+                    continue;
+                }
+                let newer = versions
+                    .range((name, env, head.next)..=(name, env, u32::MAX))
+                    .map_err(|e| store.err("read secrets_versions", e))?
+                    .next()
+                    .is_some();
+                if newer || head.current >= head.next {
+                    refused.push(format!("{name}@{env}"));
+                } else {
+                    rewrite.push((name.to_owned(), env.to_owned(), head));
+                }
+            }
+            for (name, env, head) in &rewrite {
+                heads
+                    .insert(
+                        (name.as_str(), env.as_str()),
+                        enc_head(&self.head_key, name, env, head).as_slice(),
+                    )
+                    .map_err(|e| store.err("write secrets_heads", e))?;
+            }
+            let mut keks = txn
+                .open_table(KEKS)
+                .map_err(|e| store.err("open secrets_keks", e))?;
+            let mut rec: KekRecord = match keks
+                .get(un.generation)
+                .map_err(|e| store.err("read secrets_keks", e))?
+            {
+                Some(r) => dec(r.value(), "KEK record")?,
+                None => {
+                    return Err(SecretsError::Damaged(format!(
+                        "KEK generation {} is missing",
+                        un.generation
+                    )));
+                }
+            };
+            rec.check = crypto::seal(
+                &un.kek,
+                crypto::CHECK_PLAINTEXT_HEADS_MAC,
+                &crypto::check_aad(un.generation),
+            );
+            keks.insert(un.generation, enc(&rec).as_slice())
+                .map_err(|e| store.err("write secrets_keks", e))?;
+            let mut detail = format!(
+                "{} head records written before heads were authenticated given a MAC",
+                rewrite.len()
+            );
+            if !refused.is_empty() {
+                detail.push_str(&format!(
+                    "; left unauthenticated (an existing version is at or above their next version, reads refused): {}",
+                    refused.join(", ")
+                ));
+            }
+            app.append(
+                Draft::new(
+                    actor.clone(),
+                    "secrets upgrade heads",
+                    "secret heads",
+                    if refused.is_empty() {
+                        AuditOutcome::Ok
+                    } else {
+                        AuditOutcome::Failed
+                    },
+                )
+                .detail(detail),
+            )?;
+            Ok(rewrite.len())
+        })
+    }
+
     /// Re-wraps every data key (and the audit key) under a KEK derived from
     /// `new_master`, in one transaction; returns how many DEKs were re-wrapped.
     pub fn rekey(&self, actor: &Actor, new_master: &MasterKey) -> Result<u64, SecretsError> {
@@ -869,7 +1107,7 @@ impl Vault {
                 salt: salt.to_vec(),
                 check: crypto::seal(
                     &new_kek,
-                    crypto::CHECK_PLAINTEXT,
+                    crypto::CHECK_PLAINTEXT_HEADS_MAC,
                     &crypto::check_aad(new_gen),
                 ),
                 audit_key: crypto::wrap(&new_kek, &audit_material, &crypto::audit_key_aad(new_gen)),
@@ -955,6 +1193,47 @@ impl Vault {
         step(RekeyStep::Committed);
         Ok(n)
     }
+}
+
+/// Rewrites a store the way the code before head authentication wrote it:
+/// heads as bare `postcard(Head)` and the key-check record sealed over
+/// [`crypto::CHECK_PLAINTEXT`] (legacy-upgrade tests).
+#[cfg(test)]
+pub(super) fn write_legacy(store: &Store, master: &MasterKey) {
+    let txn = store.begin_write().unwrap();
+    {
+        let meta = txn.open_table(META).unwrap();
+        let generation = meta.get("current_gen").unwrap().unwrap().value();
+        let mut keks = txn.open_table(KEKS).unwrap();
+        let mut rec: KekRecord =
+            postcard::from_bytes(keks.get(generation).unwrap().unwrap().value()).unwrap();
+        let kek = crypto::derive_kek(master.expose(), &rec.salt).unwrap();
+        rec.check = crypto::seal(
+            &kek,
+            crypto::CHECK_PLAINTEXT,
+            &crypto::check_aad(generation),
+        );
+        keks.insert(generation, enc(&rec).as_slice()).unwrap();
+        let mut heads = txn.open_table(HEADS).unwrap();
+        let all: Vec<((String, String), Head)> = heads
+            .iter()
+            .unwrap()
+            .map(|r| {
+                let (k, v) = r.unwrap();
+                let (n, e) = k.value();
+                (
+                    (n.to_owned(), e.to_owned()),
+                    split_head(v.value()).unwrap().0,
+                )
+            })
+            .collect();
+        for ((n, e), h) in all {
+            heads
+                .insert((n.as_str(), e.as_str()), enc(&h).as_slice())
+                .unwrap();
+        }
+    }
+    txn.commit().unwrap();
 }
 
 impl From<AuditError> for SecretsError {

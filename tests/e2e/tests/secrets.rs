@@ -743,3 +743,147 @@ fn an_agent_cannot_use_the_control_socket_even_with_the_daemons_uid() {
         .collect();
     assert_eq!(denials.len(), 2, "{denials:?}");
 }
+
+/// Reads (`put` None) or writes the raw head record of `name@env` while the
+/// daemon is stopped.
+fn raw_head(d: &Daemon, name: &str, env: &str, put: Option<&[u8]>) -> Vec<u8> {
+    use redb::ReadableTable;
+    let db = redb::Database::create(d.state_dir.join("ironcage.redb")).expect("open redb");
+    let def = redb::TableDefinition::<(&str, &str), &[u8]>::new("secrets_heads");
+    let txn = db.begin_write().unwrap();
+    let out = {
+        let mut t = txn.open_table(def).unwrap();
+        if let Some(b) = put {
+            t.insert((name, env), b).unwrap();
+        }
+        t.get((name, env)).unwrap().expect("head").value().to_vec()
+    };
+    txn.commit().unwrap();
+    out
+}
+
+#[test]
+fn a_head_record_put_back_from_before_a_rotation_is_refused_with_a_clear_message() {
+    const OLD: &str = "db-password-before-rotation";
+    const NEW: &str = "db-password-after-rotation";
+    let mut d = Daemon::new("");
+    start(&mut d, KEY_A);
+    set(&d, "DB_PASSWORD", "production", OLD);
+    set(&d, "OTHER", "production", "other-value");
+    assert!(
+        d.signal_and_wait(nix::sys::signal::Signal::SIGTERM)
+            .success()
+    );
+    let old_head = raw_head(&d, "DB_PASSWORD", "production", None);
+    start(&mut d, KEY_A);
+    set(&d, "DB_PASSWORD", "production", NEW);
+    assert!(
+        d.signal_and_wait(nix::sys::signal::Signal::SIGTERM)
+            .success()
+    );
+    // Someone with write access to the file rolls the rotation back.
+    raw_head(&d, "DB_PASSWORD", "production", Some(&old_head));
+    start(&mut d, KEY_A);
+
+    let out = d.ctl(&["secrets", "get", "DB_PASSWORD"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("DB_PASSWORD@production is refused")
+            && err.contains("fails authentication")
+            && err.contains("an older head was put back")
+            && err.contains("restore it from a backup")
+            && err.contains("ironctl secrets rm DB_PASSWORD --env production"),
+        "{err}"
+    );
+    assert!(!err.contains(OLD) && !err.contains(NEW), "{err}");
+    // `list` marks that one secret; the other still reads.
+    let list = d.ctl_ok(&["secrets", "list"]);
+    assert!(list.contains("TAMPERED"), "{list}");
+    assert_eq!(d.ctl_ok(&["secrets", "get", "OTHER"]), "other-value\n");
+    // Nothing in the logs or the trail holds either value.
+    let logs = d.stderr_text();
+    assert!(!logs.contains(OLD) && !logs.contains(NEW));
+    assert!(!audit(&d).iter().any(|e| {
+        let s = e.to_string();
+        s.contains(OLD) || s.contains(NEW)
+    }));
+}
+
+#[test]
+fn the_master_key_leaves_the_daemons_environment_at_start() {
+    let agent = sh_agent(
+        "worker",
+        "echo worker-up; exec sleep 1000",
+        "secrets = [\"TOKEN\"]",
+    );
+    let mut d = Daemon::new(&agent);
+    start(&mut d, KEY_A);
+    set(&d, "TOKEN", "production", "token-value");
+    d.ctl_ok(&["agents", "restart", "worker"]);
+    let worker = d.wait_running("worker");
+    d.wait_log("worker", "worker-up");
+    // Unlocked with it: the store works.
+    assert_eq!(d.ctl_ok(&["secrets", "get", "TOKEN"]), "token-value\n");
+    // Neither the daemon's initial environment block nor the agent's holds it.
+    let daemon_env = std::fs::read(format!("/proc/{}/environ", d.pid())).expect("daemon environ");
+    assert!(!daemon_env.is_empty());
+    assert!(
+        !contains(&daemon_env, KEY_A),
+        "the key is in the daemon's environ"
+    );
+    let agent_env = std::fs::read(format!("/proc/{worker}/environ")).expect("agent environ");
+    assert!(!contains(&agent_env, KEY_A));
+    assert!(!contains(&agent_env, "IRON_SECRETS_MASTER_KEY"));
+    // A restart (the key given again) still unlocks the same store.
+    assert!(
+        d.signal_and_wait(nix::sys::signal::Signal::SIGTERM)
+            .success()
+    );
+    start(&mut d, KEY_A);
+    assert_eq!(d.ctl_ok(&["secrets", "get", "TOKEN"]), "token-value\n");
+}
+
+#[test]
+fn budget_set_and_reset_are_on_the_trail_with_their_change() {
+    let agent = sh_agent(
+        "spender",
+        "exec sleep 1000",
+        "budget_usd = 5.0\nbudget_period = \"day\"",
+    );
+    let mut d = Daemon::new(&agent);
+    start(&mut d, KEY_A);
+    d.ctl_ok(&[
+        "budget", "set", "spender", "--usd", "10", "--period", "week",
+    ]);
+    d.ctl_ok(&["budget", "reset", "spender"]);
+    let out = d.ctl(&["budget", "set", "nobody", "--usd", "1"]);
+    assert!(!out.status.success(), "{out:?}");
+    let entries: Vec<_> = audit(&d)
+        .into_iter()
+        .filter(|e| e["action"].as_str().unwrap_or("").starts_with("budget "))
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_owned(),
+                e["target"].as_str().unwrap().to_owned(),
+                e["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let s = |a: &str, t: &str, o: &str| (a.to_owned(), t.to_owned(), o.to_owned());
+    assert_eq!(
+        entries,
+        vec![
+            s("budget set", "spender", "ok"),
+            s("budget reset", "spender", "ok"),
+            s("budget set", "nobody", "failed"),
+        ]
+    );
+    // The change itself survived a SIGKILL right after the reply.
+    d.signal_and_wait(nix::sys::signal::Signal::SIGKILL);
+    start(&mut d, KEY_A);
+    let b = d.ctl_ok(&["budget", "show", "spender"]);
+    assert!(b.contains("10.00") && b.contains("week"), "{b}");
+    assert!(d.ctl_ok(&["audit", "verify"]).contains("audit trail OK"));
+}

@@ -118,7 +118,7 @@ fn orphaned(c: Committed) {
             Done::Unit(tx) => {
                 let _ = tx.send(c.result.clone().map_err(|_| BudgetError::Unavailable));
             }
-            Done::Info(_, tx) => {
+            Done::Info(_, tx, _) => {
                 let _ = tx.send(Err(BudgetError::Unavailable));
             }
             Done::Nothing => {}
@@ -367,7 +367,7 @@ impl Core {
                             }
                         }
                     },
-                    Done::Info(agent, tx) => {
+                    Done::Info(agent, tx, _) => {
                         let r = match &c.result {
                             Ok(()) => {
                                 let l = st.ledger(&agent, now_s);
@@ -423,18 +423,40 @@ impl Core {
         }
     }
 
-    /// `ironctl budget set`; `reply` is answered once durable.
+    /// The entry `audit` (if any) bound to the trail it commits to; `Err`
+    /// when one is asked for but the ledger has no trail (fail closed).
+    fn audited(&self, audit: Option<Draft>) -> Result<Option<persist::Audited>, BudgetError> {
+        match (audit, self.audit.get()) {
+            (None, _) => Ok(None),
+            (Some(draft), Some(h)) => Ok(Some(persist::Audited {
+                log: h.log().clone(),
+                draft,
+            })),
+            (Some(_), None) => Err(BudgetError::Unavailable),
+        }
+    }
+
+    /// `ironctl budget set`; `reply` is answered once durable, with `audit`
+    /// (if given) committed in the same transaction as the change.
     pub fn set(
         &self,
         agent: AgentName,
         limit: Micros,
         period: Option<BudgetPeriod>,
+        audit: Option<Draft>,
         reply: oneshot::Sender<Result<BudgetInfo, BudgetError>>,
     ) {
         if limit.0 < 0 {
             let _ = reply.send(Err(BudgetError::NegativeLimit(limit)));
             return;
         }
+        let audit = match self.audited(audit) {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
         let (now_ms, now_s) = self.now();
         let mut st = self.lock();
         let Some(l) = st.ledgers.get_mut(&agent).filter(|l| l.configured) else {
@@ -455,11 +477,11 @@ impl Core {
         let op = Op {
             event: None,
             row: Some((agent.clone(), l.row())),
-            done: Done::Info(agent.clone(), reply),
+            done: Done::Info(agent.clone(), reply, audit),
         };
         if let Err(op) = st.enqueue(op) {
             drop(st);
-            if let Done::Info(_, tx) = op.done {
+            if let Done::Info(_, tx, _) = op.done {
                 let _ = tx.send(Err(BudgetError::Unavailable));
             }
             return;
@@ -471,8 +493,21 @@ impl Core {
         self.dispatch(alerts, command.as_deref());
     }
 
-    /// `ironctl budget reset`; `reply` is answered once durable.
-    pub fn reset(&self, agent: AgentName, reply: oneshot::Sender<Result<BudgetInfo, BudgetError>>) {
+    /// `ironctl budget reset`; `reply` is answered once durable, with
+    /// `audit` (if given) committed in the same transaction as the change.
+    pub fn reset(
+        &self,
+        agent: AgentName,
+        audit: Option<Draft>,
+        reply: oneshot::Sender<Result<BudgetInfo, BudgetError>>,
+    ) {
+        let audit = match self.audited(audit) {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
         let (now_ms, now_s) = self.now();
         let mut st = self.lock();
         let Some(l) = st.ledgers.get_mut(&agent).filter(|l| l.configured) else {
@@ -492,11 +527,11 @@ impl Core {
         let op = Op {
             event: Some(event),
             row: Some((agent.clone(), l.row())),
-            done: Done::Info(agent, reply),
+            done: Done::Info(agent, reply, audit),
         };
         if let Err(op) = st.enqueue(op) {
             drop(st);
-            if let Done::Info(_, tx) = op.done {
+            if let Done::Info(_, tx, _) = op.done {
                 let _ = tx.send(Err(BudgetError::Unavailable));
             }
         }

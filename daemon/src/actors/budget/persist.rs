@@ -215,7 +215,28 @@ pub(super) enum Done {
     Nothing,
     Spend(SpendDone),
     Unit(oneshot::Sender<Result<(), BudgetError>>),
-    Info(AgentName, oneshot::Sender<Result<BudgetInfo, BudgetError>>),
+    /// `budget set` / `budget reset`: the reply, and the audit entry that
+    /// commits in the same transaction as the change (if audited).
+    Info(
+        AgentName,
+        oneshot::Sender<Result<BudgetInfo, BudgetError>>,
+        Option<Audited>,
+    ),
+}
+
+/// An audit entry to commit with an operation, and the trail it goes to.
+pub(super) struct Audited {
+    pub log: Arc<crate::audit::AuditLog>,
+    pub draft: crate::audit::Draft,
+}
+
+/// A failed batch write (the audit trail's errors included).
+struct WriteError(String);
+
+impl From<crate::audit::AuditError> for WriteError {
+    fn from(e: crate::audit::AuditError) -> Self {
+        WriteError(e.to_string())
+    }
 }
 
 /// A settle waiting for durability.
@@ -331,9 +352,45 @@ fn lower_priority() {
 }
 
 /// Appends the batch's events and puts the last row of each agent; one
-/// durable commit. Returns the number of events written.
+/// durable commit, which also carries the audit entries of audited
+/// operations (`budget set`/`reset`): the change and its entry are durable
+/// together or not at all. Returns the number of events written.
 fn write_batch(store: &Store, first_seq: u64, batch: &[Op]) -> Result<u64, String> {
-    let txn = store.begin_write().map_err(|e| e.to_string())?;
+    let audited: Vec<&Audited> = batch
+        .iter()
+        .filter_map(|o| match &o.done {
+            Done::Info(_, _, Some(a)) => Some(a),
+            _ => None,
+        })
+        .collect();
+    let Some(first) = audited.first() else {
+        let txn = store.begin_write().map_err(|e| e.to_string())?;
+        let n = write_into(&txn, store, first_seq, batch)?;
+        store
+            .commit(txn, "budget events")
+            .map_err(|e| e.to_string())?;
+        return Ok(n);
+    };
+    // One trail per daemon: every audited op names the same log.
+    first
+        .log
+        .write(|txn, app| {
+            let n = write_into(txn, store, first_seq, batch).map_err(WriteError)?;
+            for a in &audited {
+                app.append(a.draft.clone())?;
+            }
+            Ok::<_, WriteError>(n)
+        })
+        .map_err(|e| e.0)
+}
+
+/// [`write_batch`]'s writes, inside `txn`.
+fn write_into(
+    txn: &redb::WriteTransaction,
+    store: &Store,
+    first_seq: u64,
+    batch: &[Op],
+) -> Result<u64, String> {
     let mut seq = first_seq;
     {
         let mut events = txn
@@ -366,9 +423,6 @@ fn write_batch(store: &Store, first_seq: u64, batch: &[Op]) -> Result<u64, Strin
                 .map_err(|e| store.err("write budget_agents", e).to_string())?;
         }
     }
-    store
-        .commit(txn, "budget events")
-        .map_err(|e| e.to_string())?;
     Ok(seq - first_seq)
 }
 

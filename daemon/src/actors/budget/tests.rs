@@ -1078,3 +1078,143 @@ fn bench_reserve_settle() {
         h.close().await;
     });
 }
+
+/// `budget set`/`reset` with their audit entries: the ledger and the trail
+/// share one store, and each change commits with its entry.
+mod audited {
+    use super::*;
+    use crate::audit::{Actor, Draft};
+    use crate::secrets::Secrets;
+    use ironcage_shared::protocol::AuditOutcome;
+
+    fn draft(action: &str) -> Draft {
+        Draft::new(
+            Actor::peer(
+                0,
+                Some(ironcage_shared::protocol::Role::Admin),
+                "uid 0".into(),
+            ),
+            action,
+            "a",
+            AuditOutcome::Ok,
+        )
+        .detail("test change")
+    }
+
+    /// The durable override of agent `a`, read from the file.
+    fn stored_override(store: &Store) -> Option<persist::Override> {
+        let txn = store.begin_read().unwrap();
+        let t = txn.open_table(persist::AGENTS).unwrap();
+        let row: persist::AgentRow = postcard::from_bytes(t.get("a").unwrap()?.value()).unwrap();
+        row.override_
+    }
+
+    fn start(store: &Arc<Store>, w: &World) -> (BudgetHandle, Secrets) {
+        let secrets = Secrets::open(store.clone(), None, 3).unwrap();
+        let h = BudgetHandle::start(
+            store.clone(),
+            vec![(name("a"), day("10"))],
+            section(),
+            w.clock.clone(),
+            Arc::new(|_| {}),
+        )
+        .unwrap();
+        h.set_audit(secrets.audit().clone());
+        (h, secrets)
+    }
+
+    #[test]
+    fn set_and_reset_commit_with_their_entry_before_the_reply() {
+        run(async {
+            let w = World::new();
+            let store = Arc::new(Store::open(w.dir.path()).unwrap());
+            let (h, secrets) = start(&store, &w);
+            let log = secrets.audit().log().clone();
+            let before = log.last_seq();
+            let commits = h.writer_stats().commits;
+            h.set_audited(name("a"), usd("3"), None, draft("budget set"))
+                .await
+                .unwrap();
+            // Durable on return: the entry and the override are in the file.
+            let e = log.entries(Some(before), 10).unwrap();
+            assert_eq!(e.len(), 1, "{e:?}");
+            assert_eq!(
+                (e[0].action.as_str(), e[0].outcome),
+                ("budget set", AuditOutcome::Ok)
+            );
+            assert_eq!(stored_override(&store).unwrap().limit, usd("3"));
+            assert_eq!(h.writer_stats().commits, commits + 1);
+
+            spend(&h, "a", "1", "1").await;
+            assert_eq!(info(&h, "a").await.spent, usd("1"));
+            let before = log.last_seq();
+            h.reset_audited(name("a"), draft("budget reset"))
+                .await
+                .unwrap();
+            let e = log.entries(Some(before), 10).unwrap();
+            assert_eq!(e.len(), 1, "{e:?}");
+            assert_eq!(e[0].action, "budget reset");
+            let resets = persist::read_events(&store)
+                .unwrap()
+                .into_iter()
+                .filter(|(_, ev)| matches!(ev, StoredEvent::Reset(_)))
+                .count();
+            assert_eq!(resets, 1);
+            assert!(log.verify().unwrap().first_bad.is_none());
+        });
+    }
+
+    #[test]
+    fn when_the_entry_cannot_be_written_the_change_is_not_committed_either() {
+        run(async {
+            let w = World::new();
+            let store = Arc::new(Store::open(w.dir.path()).unwrap());
+            let (h, secrets) = start(&store, &w);
+            let log = secrets.audit().log().clone();
+            // Make appending to the trail fail: the `audit` table replaced by
+            // one of another type (the trail's own writes fail the same way).
+            let txn = store.begin_write().unwrap();
+            txn.delete_table(redb::TableDefinition::<u64, &[u8]>::new("audit"))
+                .unwrap();
+            txn.open_table(redb::TableDefinition::<&str, &str>::new("audit"))
+                .unwrap();
+            txn.commit().unwrap();
+            let last = log.last_seq();
+
+            let e = h
+                .set_audited(name("a"), usd("3"), None, draft("budget set"))
+                .await
+                .unwrap_err();
+            assert!(matches!(e, BudgetError::NotDurable { .. }), "{e}");
+            // The row write shared the failed transaction: nothing of the
+            // change reached the file.
+            assert_eq!(stored_override(&store), None);
+            assert_eq!(log.last_seq(), last);
+            assert!(
+                h.reset_audited(name("a"), draft("budget reset"))
+                    .await
+                    .is_err()
+            );
+            assert!(
+                !persist::read_events(&store)
+                    .unwrap()
+                    .iter()
+                    .any(|(_, ev)| matches!(ev, StoredEvent::Reset(_)))
+            );
+        });
+    }
+
+    #[test]
+    fn an_audited_change_without_a_trail_is_refused() {
+        run(async {
+            let w = World::new();
+            let h = w.start(vec![(name("a"), day("10"))]);
+            assert!(matches!(
+                h.set_audited(name("a"), usd("3"), None, draft("budget set"))
+                    .await,
+                Err(BudgetError::Unavailable)
+            ));
+            assert_eq!(info(&h, "a").await.limit, Some(usd("10")));
+        });
+    }
+}

@@ -1,9 +1,12 @@
 //! `ironctl budget ...` and `ironctl costs`.
 
 use crate::actors::budget::BudgetError;
+use crate::audit::{Actor, Draft};
 use crate::daemon::Daemon;
 use ironcage_shared::AgentName;
-use ironcage_shared::protocol::{BudgetSetRequest, CostsRequest, ErrorCode, Response};
+use ironcage_shared::protocol::{
+    AuditOutcome, BudgetInfo, BudgetSetRequest, CostsRequest, ErrorCode, Response,
+};
 
 fn err(e: BudgetError) -> Response {
     let code = match e {
@@ -29,26 +32,74 @@ pub async fn show(d: &Daemon, name: Option<AgentName>) -> Response {
         .map_or_else(err, Response::Budgets)
 }
 
-pub async fn set(d: &Daemon, r: BudgetSetRequest) -> Response {
+/// The change's `ok` entry commits in the ledger's transaction, with the
+/// change; a failure is recorded (durably) before the reply.
+async fn audited(
+    d: &Daemon,
+    actor: &Actor,
+    action: &str,
+    name: &AgentName,
+    r: Result<BudgetInfo, BudgetError>,
+    ok: impl FnOnce(BudgetInfo) -> Response,
+) -> Response {
+    match r {
+        Ok(b) => ok(b),
+        Err(e) => {
+            let msg = e.to_string();
+            let draft = Draft::new(
+                actor.clone(),
+                action,
+                name.to_string(),
+                AuditOutcome::Failed,
+            )
+            .detail(&msg);
+            if let Err(ae) = d.secrets.audit().record_durable(draft).await {
+                tracing::error!("cannot record a failed {action}: {ae}");
+            }
+            err(e)
+        }
+    }
+}
+
+pub async fn set(d: &Daemon, actor: &Actor, r: BudgetSetRequest) -> Response {
     let name = r.name.clone();
-    match d.budget.set(r.name, r.limit, r.period).await {
-        Ok(b) => Response::ok(format!(
+    let draft = Draft::new(
+        actor.clone(),
+        "budget set",
+        name.to_string(),
+        AuditOutcome::Ok,
+    )
+    .detail(match r.period {
+        Some(p) => format!("limit {} per {}", r.limit, p.as_str()),
+        None => format!("limit {} (period unchanged)", r.limit),
+    });
+    let res = d.budget.set_audited(r.name, r.limit, r.period, draft).await;
+    audited(d, actor, "budget set", &name, res, |b| {
+        Response::ok(format!(
             "agent {name}'s budget is now {} per {} (until the config changes it); {} spent this period",
             r.limit,
             b.period.as_str(),
             b.spent
-        )),
-        Err(e) => err(e),
-    }
+        ))
+    })
+    .await
 }
 
-pub async fn reset(d: &Daemon, name: AgentName) -> Response {
-    match d.budget.reset(name.clone()).await {
-        Ok(_) => Response::ok(format!(
+pub async fn reset(d: &Daemon, actor: &Actor, name: AgentName) -> Response {
+    let draft = Draft::new(
+        actor.clone(),
+        "budget reset",
+        name.to_string(),
+        AuditOutcome::Ok,
+    )
+    .detail("current period's spend reset to $0.00");
+    let res = d.budget.reset_audited(name.clone(), draft).await;
+    audited(d, actor, "budget reset", &name, res, |_| {
+        Response::ok(format!(
             "agent {name}'s spend for the current period is reset to $0.00"
-        )),
-        Err(e) => err(e),
-    }
+        ))
+    })
+    .await
 }
 
 pub async fn costs(d: &Daemon, r: CostsRequest) -> Response {

@@ -2,8 +2,9 @@
 //!
 //! Every mutation is on the audit trail: an entry `requested` is durable
 //! before the handler runs (if it cannot be written, the request is refused:
-//! fail closed), and its outcome follows. Secrets requests record their own
-//! entries in the same transaction as the change.
+//! fail closed), and its outcome follows. Secrets requests, `budget set` and
+//! `budget reset` record their own entries in the same transaction as the
+//! change.
 
 pub mod agents;
 pub mod audit;
@@ -61,7 +62,10 @@ fn is_secrets(req: &Request) -> bool {
 
 /// Routes `req` from `actor`, auditing mutations around it.
 pub async fn handle_as(d: &Daemon, actor: &Actor, req: Request) -> Response {
-    if !req.is_mutation() || is_secrets(&req) {
+    if !req.is_mutation()
+        || is_secrets(&req)
+        || matches!(req, Request::BudgetSet(_) | Request::BudgetReset(_))
+    {
         return route(d, actor, req).await;
     }
     let action = req.name();
@@ -119,8 +123,8 @@ async fn route(d: &Daemon, actor: &Actor, req: Request) -> Response {
         Request::KillAgent(k) => agents::kill(d, &k.name, k.signal).await,
         Request::AgentLogs(l) => agents::logs(d, &l).await,
         Request::BudgetShow(r) => budget::show(d, r.name).await,
-        Request::BudgetSet(r) => budget::set(d, r).await,
-        Request::BudgetReset(r) => budget::reset(d, r.name).await,
+        Request::BudgetSet(r) => budget::set(d, actor, r).await,
+        Request::BudgetReset(r) => budget::reset(d, actor, r.name).await,
         Request::Costs(r) => budget::costs(d, r).await,
         Request::CircuitsList => circuits::list(d).await,
         Request::CircuitReset(r) => circuits::reset(d, r).await,

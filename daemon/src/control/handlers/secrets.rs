@@ -181,7 +181,7 @@ pub async fn export(d: &Daemon, actor: &Actor, r: SecretsExportRequest) -> Respo
         "secrets export",
         r.env.map_or("*".into(), |e| e.to_string()),
         move |v| crate::secrets::transfer::export(v, &a, r.format, r.env),
-        |doc| Response::SecretsDocument(SecretValue::new(doc)),
+        Response::SecretsDocument,
     )
     .await
 }
