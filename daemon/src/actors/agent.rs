@@ -309,7 +309,8 @@ impl AgentActor {
         let parent = std::process::id();
         let umask = crate::util::agent_umask();
         // SAFETY: only async-signal-safe calls (setgroups, setgid, setuid,
-        // access, chdir, write, prctl, getppid, signal, fcntl, umask) run
+        // access, chdir, write, prctl, capget, capset, getppid, signal,
+        // fcntl, umask) run
         // between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
@@ -328,6 +329,21 @@ impl AgentActor {
                     0 as libc::c_ulong,
                     0 as libc::c_ulong,
                 );
+                // Nor the inheritable set systemd fills from the same line
+                // (with it, a binary carrying file capabilities would get
+                // them back). capget/capset, version 3: a header
+                // {version, pid} and two {effective, permitted, inheritable}.
+                let mut header: [u32; 2] = [0x2008_0522, 0];
+                let mut data: [u32; 6] = [0; 6];
+                if libc::syscall(libc::SYS_capget, header.as_mut_ptr(), data.as_mut_ptr()) == 0
+                    && (data[2] != 0 || data[5] != 0)
+                {
+                    data[2] = 0;
+                    data[5] = 0;
+                    if libc::syscall(libc::SYS_capset, header.as_mut_ptr(), data.as_ptr()) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 // The daemon's own files are private (umask 077); the agent
                 // gets the umask the daemon was started with.
                 libc::umask(umask);

@@ -166,9 +166,11 @@ pub fn audit_key_aad(kek_gen: u32) -> Vec<u8> {
 pub const CHECK_PLAINTEXT: &[u8] = b"iron-cage key check";
 
 /// The plaintext of a key-check record of a store whose every head record
-/// carries a MAC ([`HeadKey`]). Sealed under the KEK, so the marker cannot be
-/// set back to [`CHECK_PLAINTEXT`] without the master key: a head without a
-/// MAC in such a store is tampering, never a legacy record.
+/// carries a MAC ([`HeadKey`]). Sealed under the KEK, so nobody without the
+/// master key can forge a [`CHECK_PLAINTEXT`] record; an old one can be put
+/// back from a copy of the store, which is why the upgrade refuses to run
+/// twice (its audit entry) or next to a head that already has a MAC. A head
+/// without a MAC in an upgraded store is tampering, never a legacy record.
 pub const CHECK_PLAINTEXT_HEADS_MAC: &[u8] = b"iron-cage key check; heads authenticated v1";
 
 /// Bytes of a head record's MAC (HMAC-SHA256).

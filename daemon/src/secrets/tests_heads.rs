@@ -9,6 +9,7 @@ use super::*;
 use crate::audit::Actor;
 use ironcage_shared::protocol::SecretEnv::{Production, Staging};
 use ironcage_shared::protocol::{AuditOutcome, SecretEnv};
+use redb::ReadableTable;
 use std::path::Path;
 
 const KEY_A: &str = "correct horse battery staple A";
@@ -503,5 +504,64 @@ fn a_legacy_head_already_rolled_back_is_left_unauthenticated_and_refused() {
             .unwrap()
             .expose(),
         "fine"
+    );
+}
+
+/// The raw bytes of every KEK record (the key-check record lives in them).
+fn raw_keks(dir: &Path) -> Vec<(u32, Vec<u8>)> {
+    let store = Store::open(dir).unwrap();
+    let txn = store.begin_read().unwrap();
+    let t = txn.open_table(super::vault::KEKS).unwrap();
+    t.iter()
+        .unwrap()
+        .map(|r| {
+            let (k, v) = r.unwrap();
+            (k.value(), v.value().to_vec())
+        })
+        .collect()
+}
+
+#[test]
+fn a_key_check_record_put_back_from_before_the_upgrade_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path(), KEY_A);
+        let v = s.vault().unwrap();
+        v.set(&admin(), "A", Production, "a-one").unwrap();
+        v.set(&admin(), "A", Production, "a-two").unwrap();
+    }
+    write_legacy(&Store::open(dir.path()).unwrap(), &key(KEY_A));
+    let legacy_keks = raw_keks(dir.path());
+    drop(open(dir.path(), KEY_A)); // upgraded: heads MAC'd, marker set
+
+    // The attacker puts the pre-upgrade key-check record back, strips the MAC
+    // of A's head and sets it back to version 1: an upgrade would now
+    // authenticate the edited head.
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let txn = store.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(super::vault::KEKS).unwrap();
+            for (g, b) in &legacy_keks {
+                t.insert(*g, b.as_slice()).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+    let (mut h, _) = decode(&raw_head(dir.path(), "A", "production").unwrap());
+    h.current = 1;
+    put_raw_head(dir.path(), "A", "production", &encode(&h, &[]));
+    let before = std::fs::read(dir.path().join(crate::store::FILE_NAME)).unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    match Secrets::open(store, Some(&key(KEY_A)), 3) {
+        Err(SecretsError::Damaged(m)) => {
+            assert!(m.contains("put back from an older copy"), "{m}")
+        }
+        other => panic!("expected the upgrade to be refused, got {other:?}"),
+    }
+    assert_eq!(
+        std::fs::read(dir.path().join(crate::store::FILE_NAME)).unwrap(),
+        before,
+        "a refused upgrade writes nothing"
     );
 }

@@ -973,6 +973,20 @@ impl Vault {
     /// MAC (so reading it is refused) and counted in the entry. Returns how
     /// many heads were given a MAC.
     pub fn upgrade_heads(&self, actor: &Actor) -> Result<usize, SecretsError> {
+        // The upgrade happens once per store. If the trail already holds it,
+        // the legacy marker was put back from an older copy of the key-check
+        // record, and upgrading again would authenticate heads stripped and
+        // edited since: refuse. (Deleting that entry too breaks the audit
+        // chain, which `ironctl audit verify` reports.)
+        let mut after = None;
+        loop {
+            let page = self.log().entries(after, 4096)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.seq);
+            if page.iter().any(|e| e.action == UPGRADE_ACTION) {
+                return Err(SecretsError::Damaged(REPLAYED_MARKER.to_owned()));
+            }
+        }
         let un = self.unlocked.read().expect("kek lock");
         let store = self.store();
         self.log().write(|txn, app| {
@@ -992,7 +1006,14 @@ impl Vault {
                 let (name, env) = k.value();
                 let (head, mac) = split_head(v.value())?;
                 if mac.is_some() {
-                    continue;
+                    // Only an upgraded store has MAC'd heads, and the upgrade
+                    // sets the marker in the same transaction: a legacy marker
+                    // next to a MAC'd head means the key-check record was put
+                    // back from an older copy (which would let stripped,
+                    // edited heads be authenticated here). Refuse.
+                    return Err(SecretsError::Damaged(format!(
+                        "{REPLAYED_MARKER} ({name}@{env} carries a MAC)"
+                    )));
                 }
                 let newer = versions
                     .range((name, env, head.next)..=(name, env, u32::MAX))
@@ -1048,7 +1069,7 @@ impl Vault {
             app.append(
                 Draft::new(
                     actor.clone(),
-                    "secrets upgrade heads",
+                    UPGRADE_ACTION,
                     "secret heads",
                     if refused.is_empty() {
                         AuditOutcome::Ok
@@ -1194,6 +1215,12 @@ impl Vault {
         Ok(n)
     }
 }
+
+/// The audit action of the one-time head upgrade.
+const UPGRADE_ACTION: &str = "secrets upgrade heads";
+
+/// Why an upgrade is refused when the legacy marker cannot be genuine.
+const REPLAYED_MARKER: &str = "the key-check record says secret heads are not authenticated yet, but this store was already upgraded: the record was put back from an older copy of the store; restore the state directory from a backup";
 
 /// Rewrites a store the way the code before head authentication wrote it:
 /// heads as bare `postcard(Head)` and the key-check record sealed over

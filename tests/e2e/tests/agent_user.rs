@@ -368,7 +368,7 @@ const UNIT_CAPS: &str = "+setuid,+setgid,+chown,+dac_override,+kill";
 
 /// The capability lines of a process's status, e.g. `CapEff: 0000000000000000`.
 fn caps_zero(logs: &[String], agent: &str) {
-    for cap in ["CapPrm:", "CapEff:", "CapAmb:"] {
+    for cap in ["CapInh:", "CapPrm:", "CapEff:", "CapAmb:"] {
         let v = logs
             .iter()
             .find_map(|l| l.trim().strip_prefix(cap))
@@ -400,7 +400,7 @@ fn an_unprivileged_daemon_with_the_units_capabilities_runs_agents_as_other_users
         return;
     };
     let agent_uid = daemon_user.uid.as_raw();
-    let script = r#"grep -E '^(Uid|Cap(Prm|Eff|Amb)):' /proc/self/status | tr '\t' ' '
+    let script = r#"grep -E '^(Uid|Cap(Inh|Prm|Eff|Amb)):' /proc/self/status | tr '\t' ' '
 echo "mine=$(cat "$IRONCAGE_CREDENTIALS_DIRECTORY/MINE")"
 echo "up"; exec sleep 1000"#;
     let caged = sh_agent(
@@ -410,7 +410,7 @@ echo "up"; exec sleep 1000"#;
     );
     let plain = sh_agent(
         "plain",
-        r#"grep -E '^(Uid|Cap(Prm|Eff|Amb)):' /proc/self/status | tr '\t' ' '; echo up; exec sleep 1000"#,
+        r#"grep -E '^(Uid|Cap(Inh|Prm|Eff|Amb)):' /proc/self/status | tr '\t' ' '; echo up; exec sleep 1000"#,
         "",
     );
     let mut d = Daemon::new(&format!("{caged}{plain}"));

@@ -875,8 +875,11 @@ fn budget_set_and_reset_are_on_the_trail_with_their_change() {
     assert_eq!(
         entries,
         vec![
+            s("budget set", "spender", "requested"),
             s("budget set", "spender", "ok"),
+            s("budget reset", "spender", "requested"),
             s("budget reset", "spender", "ok"),
+            s("budget set", "nobody", "requested"),
             s("budget set", "nobody", "failed"),
         ]
     );

@@ -2,9 +2,10 @@
 //!
 //! Every mutation is on the audit trail: an entry `requested` is durable
 //! before the handler runs (if it cannot be written, the request is refused:
-//! fail closed), and its outcome follows. Secrets requests, `budget set` and
-//! `budget reset` record their own entries in the same transaction as the
-//! change.
+//! fail closed), and its outcome follows. Secrets requests record their own
+//! entries in the same transaction as the change; `budget set` and `budget
+//! reset` get the `requested` entry first and commit their outcome in the
+//! ledger's transaction with the change.
 
 pub mod agents;
 pub mod audit;
@@ -62,12 +63,13 @@ fn is_secrets(req: &Request) -> bool {
 
 /// Routes `req` from `actor`, auditing mutations around it.
 pub async fn handle_as(d: &Daemon, actor: &Actor, req: Request) -> Response {
-    if !req.is_mutation()
-        || is_secrets(&req)
-        || matches!(req, Request::BudgetSet(_) | Request::BudgetReset(_))
-    {
+    if !req.is_mutation() || is_secrets(&req) {
         return route(d, actor, req).await;
     }
+    // The ledger applies these in memory before its commit, so the durable
+    // `requested` entry is what keeps them fail closed; their outcome is
+    // committed in the ledger's own transaction (or recorded as failed).
+    let outcome_in_txn = matches!(req, Request::BudgetSet(_) | Request::BudgetReset(_));
     let action = req.name();
     let tgt = target(&req);
     let audit = d.secrets.audit();
@@ -87,6 +89,9 @@ pub async fn handle_as(d: &Daemon, actor: &Actor, req: Request) -> Response {
         return Response::error(ErrorCode::Internal, format!("`{action}` refused: {e}"));
     }
     let resp = route(d, actor, req).await;
+    if outcome_in_txn {
+        return resp;
+    }
     let (outcome, detail) = match &resp {
         Response::Error(e) => (AuditOutcome::Failed, e.message.clone()),
         _ => (AuditOutcome::Ok, String::new()),
