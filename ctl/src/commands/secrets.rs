@@ -90,7 +90,7 @@ pub enum SecretsCommand {
         #[command(flatten)]
         env: EnvArg,
     },
-    /// Make a kept older version current again.
+    /// Make a kept older version's value current again (stored as a new version).
     Rollback {
         name: String,
         /// The version to return to (see `secrets versions`).

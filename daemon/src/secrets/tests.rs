@@ -70,7 +70,8 @@ fn set_get_list_versions_rollback_rm_each_on_the_record() {
     assert!(list.iter().all(|i| i.masked == "****"));
     assert_eq!(v.list(Some(Staging)).unwrap().len(), 1);
 
-    v.rollback(&a, "DB_PASSWORD", Production, 1).unwrap();
+    // A rollback stores the old value as a new version (Vault KV v2 style).
+    assert_eq!(v.rollback(&a, "DB_PASSWORD", Production, 1).unwrap(), 3);
     assert_eq!(
         v.read_current("DB_PASSWORD", Production).unwrap().expose(),
         "pw-one"
@@ -80,14 +81,14 @@ fn set_get_list_versions_rollback_rm_each_on_the_record() {
         vs.iter()
             .map(|x| (x.version, x.current))
             .collect::<Vec<_>>(),
-        vec![(1, true), (2, false)]
+        vec![(1, false), (2, false), (3, true)]
     );
     assert!(matches!(
         v.rollback(&a, "DB_PASSWORD", Production, 9),
         Err(SecretsError::VersionNotKept { .. })
     ));
 
-    assert_eq!(v.remove(&a, "DB_PASSWORD", Production).unwrap(), 2);
+    assert_eq!(v.remove(&a, "DB_PASSWORD", Production).unwrap(), 3);
     assert!(matches!(
         v.read_current("DB_PASSWORD", Production),
         Err(SecretsError::NotFound { .. })

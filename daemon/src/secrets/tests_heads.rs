@@ -297,6 +297,26 @@ fn a_head_replayed_from_before_a_rollback_and_set_is_refused() {
 }
 
 #[test]
+fn a_head_replayed_from_before_a_rollback_is_refused() {
+    // An operator rolls a compromised v2 back to v1's value; putting back the
+    // head from before the rollback must not serve v2 again.
+    let dir = tempfile::tempdir().unwrap();
+    let before_rollback = {
+        let s = open(dir.path(), KEY_A);
+        let v = s.vault().unwrap();
+        v.set(&admin(), "DB", Production, "one").unwrap();
+        v.set(&admin(), "DB", Production, "compromised").unwrap();
+        let h = raw_head_in(s.audit().log().store(), "DB", "production").unwrap();
+        v.rollback(&admin(), "DB", Production, 1).unwrap();
+        assert_eq!(v.read_current("DB", Production).unwrap().expose(), "one");
+        h
+    };
+    put_raw_head(dir.path(), "DB", "production", &before_rollback);
+    let s = open(dir.path(), KEY_A);
+    assert_refused_everywhere(&s, "DB");
+}
+
+#[test]
 fn a_head_copied_to_another_name_or_environment_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     {
@@ -335,7 +355,7 @@ fn rollback_and_set_after_it_keep_heads_valid_across_restarts() {
         let v = s.vault().unwrap();
         v.set(&admin(), "DB", Production, "one").unwrap();
         v.set(&admin(), "DB", Production, "two").unwrap();
-        v.rollback(&admin(), "DB", Production, 1).unwrap();
+        assert_eq!(v.rollback(&admin(), "DB", Production, 1).unwrap(), 3);
         assert_eq!(v.read_current("DB", Production).unwrap().expose(), "one");
     }
     let s = open(dir.path(), KEY_A);
@@ -346,9 +366,9 @@ fn rollback_and_set_after_it_keep_heads_valid_across_restarts() {
         vs.iter()
             .map(|x| (x.version, x.current))
             .collect::<Vec<_>>(),
-        vec![(1, true), (2, false)]
+        vec![(1, false), (2, false), (3, true)]
     );
-    assert_eq!(v.set(&admin(), "DB", Production, "three").unwrap(), 3);
+    assert_eq!(v.set(&admin(), "DB", Production, "three").unwrap(), 4);
     assert_eq!(v.heads().unwrap().len(), 1);
     assert_eq!(v.list(None).unwrap()[0].masked, "****");
 }

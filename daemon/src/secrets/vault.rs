@@ -20,7 +20,9 @@
 //! Every read of a head ([`load_head`]) checks its MAC and that no version at
 //! or above its `next` exists: a head edited (`current` set back), copied to
 //! another name or environment, stripped of its MAC, or replayed from before
-//! a later `set` is refused with [`SecretsError::HeadTampered`]. Limits: a
+//! a later `set` or `rollback` (which stores the old value as a new version,
+//! so `current` never moves backwards) is refused with
+//! [`SecretsError::HeadTampered`]. Limits: a
 //! replayed head together with the deletion of every newer version, or a
 //! restore of the whole file from an older copy, looks consistent (the audit
 //! trail still shows the `set` entries that were lost).
@@ -878,35 +880,33 @@ impl Vault {
         Ok(out)
     }
 
-    /// Makes kept version `version` current again.
+    /// Makes the value of kept `version` current again by storing it as a
+    /// NEW version (as Vault KV v2's rollback does); returns that version.
+    /// Never moving `current` backwards is what keeps head records
+    /// replay-proof: a head from before the rollback names a `next` that a
+    /// stored version has reached, so it is refused.
     pub fn rollback(
         &self,
         actor: &Actor,
         name: &str,
         env: SecretEnv,
         version: u32,
-    ) -> Result<(), SecretsError> {
+    ) -> Result<u32, SecretsError> {
         // It must still open: never roll back to something unreadable.
-        self.read_version(name, env, Some(version))?;
+        let (_, value) = self.read_version(name, env, Some(version))?;
+        let un = self.unlocked.read().expect("kek lock");
         let store = self.store();
         self.log().write(|txn, app| {
-            let mut heads = txn
-                .open_table(HEADS)
-                .map_err(|e| store.err("open secrets_heads", e))?;
-            let versions = txn
-                .open_table(VERSIONS)
-                .map_err(|e| store.err("open secrets_versions", e))?;
-            let mut head = load_head(&heads, &versions, store, &self.head_key, name, env)?;
-            let from = head.current;
-            head.current = version;
-            head.updated_ms = crate::util::unix_ms();
-            head.updated_by = actor.describe.clone();
-            heads
-                .insert(
-                    (name, env.as_str()),
-                    enc_head(&self.head_key, name, env.as_str(), &head).as_slice(),
-                )
-                .map_err(|e| store.err("write secrets_heads", e))?;
+            let from = {
+                let heads = txn
+                    .open_table(HEADS)
+                    .map_err(|e| store.err("open secrets_heads", e))?;
+                let versions = txn
+                    .open_table(VERSIONS)
+                    .map_err(|e| store.err("open secrets_versions", e))?;
+                load_head(&heads, &versions, store, &self.head_key, name, env)?.current
+            };
+            let new = self.put_in(txn, &un, actor, name, env, value.expose(), None)?;
             app.append(
                 Draft::new(
                     actor.clone(),
@@ -914,9 +914,11 @@ impl Vault {
                     target(name, env),
                     AuditOutcome::Ok,
                 )
-                .detail(format!("version {from} -> {version}")),
+                .detail(format!(
+                    "version {from} -> {new} (the value of version {version})"
+                )),
             )?;
-            Ok(())
+            Ok(new)
         })
     }
 

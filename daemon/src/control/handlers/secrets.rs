@@ -140,9 +140,9 @@ pub async fn rollback(d: &Daemon, actor: &Actor, r: SecretRollbackRequest) -> Re
         "secrets rollback",
         t,
         move |v| v.rollback(&a, &r.name, r.env, r.version),
-        move |()| {
+        move |new| {
             Response::ok(format!(
-                "{name}@{env} is at version {version} again; `ironctl secrets reload` hands it out"
+                "{name}@{env} has the value of version {version} again, as version {new}; `ironctl secrets reload` hands it out"
             ))
         },
     )
