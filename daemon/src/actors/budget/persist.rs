@@ -319,32 +319,57 @@ pub(super) fn spawn_writer(
                         Err(_) => break,
                     }
                 }
-                let writes = batch.iter().any(|o| o.event.is_some() || o.row.is_some());
-                let result = if writes {
-                    match write_batch(&store, next_seq, &batch) {
-                        Ok(n) => {
-                            next_seq += n;
-                            counters.commits.fetch_add(1, Ordering::Relaxed);
-                            counters.events.fetch_add(n, Ordering::Relaxed);
-                            Ok(())
+                for part in split_audited(batch) {
+                    let writes = part.iter().any(|o| o.event.is_some() || o.row.is_some());
+                    let result = if writes {
+                        match write_batch(&store, next_seq, &part) {
+                            Ok(n) => {
+                                next_seq += n;
+                                counters.commits.fetch_add(1, Ordering::Relaxed);
+                                counters.events.fetch_add(n, Ordering::Relaxed);
+                                Ok(())
+                            }
+                            Err(e) => {
+                                tracing::error!("budget ledger: {e}");
+                                Err(e)
+                            }
                         }
-                        Err(e) => {
-                            tracing::error!("budget ledger: {e}");
-                            Err(e)
-                        }
-                    }
-                } else {
-                    Ok(())
-                };
-                deliver(Committed {
-                    result,
-                    done: batch.into_iter().map(|o| o.done).collect(),
-                });
+                    } else {
+                        Ok(())
+                    };
+                    deliver(Committed {
+                        result,
+                        done: part.into_iter().map(|o| o.done).collect(),
+                    });
+                }
             }
             drop(store);
             let _ = exited.send(());
         })?;
     Ok(())
+}
+
+/// Splits a batch, in order, so that each audited operation (`budget set` or
+/// `reset`, whose entry commits with it) is a transaction of its own: an
+/// audit write that fails then fails that operation alone, never the settles
+/// that happened to be queued with it.
+fn split_audited(batch: Vec<Op>) -> Vec<Vec<Op>> {
+    let mut parts: Vec<Vec<Op>> = Vec::new();
+    let mut plain: Vec<Op> = Vec::new();
+    for op in batch {
+        if matches!(op.done, Done::Info(_, _, Some(_))) {
+            if !plain.is_empty() {
+                parts.push(std::mem::take(&mut plain));
+            }
+            parts.push(vec![op]);
+        } else {
+            plain.push(op);
+        }
+    }
+    if !plain.is_empty() {
+        parts.push(plain);
+    }
+    parts
 }
 
 /// Commits are throughput work: under CPU contention the gateway's threads
@@ -523,4 +548,63 @@ pub fn read_events(store: &Store) -> Result<Vec<(u64, StoredEvent)>, BudgetError
         out.push((k.value(), ev));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+    use crate::audit::{Actor, AuditLog, Draft};
+    use ironcage_shared::protocol::AuditOutcome;
+
+    fn plain() -> Op {
+        Op {
+            event: None,
+            row: None,
+            done: Done::Nothing,
+        }
+    }
+
+    fn audited(log: &Arc<AuditLog>) -> Op {
+        let (tx, _rx) = oneshot::channel();
+        Op {
+            event: None,
+            row: None,
+            done: Done::Info(
+                AgentName::try_from("a".to_owned()).unwrap(),
+                tx,
+                Some(Audited {
+                    log: log.clone(),
+                    draft: Draft::new(Actor::daemon(), "budget set", "a", AuditOutcome::Ok),
+                }),
+            ),
+        }
+    }
+
+    fn shape(parts: &[Vec<Op>]) -> Vec<Vec<bool>> {
+        parts
+            .iter()
+            .map(|p| {
+                p.iter()
+                    .map(|o| matches!(o.done, Done::Info(_, _, Some(_))))
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_audited_change_commits_alone_and_order_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let log = Arc::new(AuditLog::open(store, None).unwrap());
+        let batch = vec![plain(), plain(), audited(&log), audited(&log), plain()];
+        assert_eq!(
+            shape(&split_audited(batch)),
+            vec![vec![false, false], vec![true], vec![true], vec![false]]
+        );
+        assert_eq!(
+            shape(&split_audited(vec![plain(), plain()])),
+            vec![vec![false, false]]
+        );
+        assert!(split_audited(Vec::new()).is_empty());
+    }
 }
