@@ -66,15 +66,35 @@ impl SpawnEnv {
             .ok_or_else(|| crate::secrets::SecretsError::Disabled.to_string())?
             .vault()
             .map_err(|e| e.to_string())?;
-        crate::secrets::delivery::deliver(
-            vault,
-            spec.name.as_str(),
-            &spec.secrets,
-            &self.credentials_root,
-            spec.user.as_ref().map(|u| (u.uid, u.gid)),
-        )
-        .map(Some)
-        .map_err(|e| e.to_string())
+        // A rotation (`secrets reload`) that runs while this delivery is
+        // under way finds no directory to refresh yet. So: note the granted
+        // secrets' heads, deliver, and deliver again if any of them moved
+        // meanwhile; a change after the last look finds the files in place
+        // and the reload refreshes them.
+        let granted = |vault: &crate::secrets::vault::Vault| {
+            vault.heads().map(|h| {
+                spec.secrets
+                    .iter()
+                    .map(|g| h.get(&(g.secret.name.clone(), g.secret.env)).copied())
+                    .collect::<Vec<_>>()
+            })
+        };
+        let mut tries = 0;
+        loop {
+            let before = granted(vault).map_err(|e| e.to_string())?;
+            let d = crate::secrets::delivery::deliver(
+                vault,
+                spec.name.as_str(),
+                &spec.secrets,
+                &self.credentials_root,
+                spec.user.as_ref().map(|u| (u.uid, u.gid)),
+            )
+            .map_err(|e| e.to_string())?;
+            tries += 1;
+            if tries >= 3 || granted(vault).map_err(|e| e.to_string())? == before {
+                return Ok(Some(d));
+            }
+        }
     }
 }
 
