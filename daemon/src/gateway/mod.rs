@@ -13,6 +13,7 @@
 //! - [`errors`]: provider-shaped error bodies.
 //! - [`usage`], [`sse`], [`tokens`]: reading usage, parsing streams, counting.
 
+pub mod balance;
 pub mod errors;
 pub mod pii;
 pub mod proxy;
@@ -406,10 +407,12 @@ pub fn spawn_workers(
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<Workers> {
     let mut handles = Vec::new();
+    let balance = balance::Balance::new(gw.clients.len());
     for i in 0..gw.clients.len() {
         let listener = listener.try_clone()?;
         let gw = gw.clone();
         let stop = stop.clone();
+        let balance = balance.clone();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -420,7 +423,7 @@ pub fn spawn_workers(
                 request_short_slice();
                 rt.block_on(async move {
                     match TcpListener::from_std(listener) {
-                        Ok(l) => serve(l, gw, stop).await,
+                        Ok(l) => serve(l, gw, stop, &balance, i).await,
                         Err(e) => tracing::error!("gateway worker {i} cannot listen: {e}"),
                     }
                 });
@@ -430,16 +433,30 @@ pub fn spawn_workers(
     Ok(Workers(handles))
 }
 
-/// Serves HTTP/1.1 on `listener` until `shutdown` flips.
-pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
+/// Serves HTTP/1.1 on `listener` as worker `worker` until `shutdown` flips,
+/// accepting only while it holds no more connections than any other worker
+/// ([`balance`]).
+async fn serve(
+    listener: TcpListener,
+    gw: Arc<Gateway>,
+    mut shutdown: watch::Receiver<bool>,
+    balance: &Arc<balance::Balance>,
+    worker: usize,
+) {
     loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => break,
+            () = balance.turn(worker) => {}
+        }
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
+                    let held = balance.opened(worker);
                     let gw = gw.clone();
                     tokio::spawn(async move {
+                        let _held = held;
                         let svc = service_fn(move |req| {
                             let gw = gw.clone();
                             async move { Ok::<_, std::convert::Infallible>(proxy::handle(gw, req).await) }
