@@ -857,9 +857,15 @@ impl AuditLog {
     /// Test and tooling access to raw rows (tamper tests rewrite them).
     #[cfg(test)]
     pub(crate) fn raw_put(&self, seq: u64, bytes: Option<&[u8]>) {
+        self.raw_put_in(ENTRIES, seq, bytes);
+    }
+
+    /// Writes (`Some`) or deletes (`None`) the raw row `seq` of `table`.
+    #[cfg(test)]
+    fn raw_put_in(&self, table: TableDefinition<u64, &[u8]>, seq: u64, bytes: Option<&[u8]>) {
         let txn = self.store.begin_write().unwrap();
         {
-            let mut t = txn.open_table(ENTRIES).unwrap();
+            let mut t = txn.open_table(table).unwrap();
             match bytes {
                 Some(b) => {
                     t.insert(seq, b).unwrap();
@@ -884,19 +890,7 @@ impl AuditLog {
 
     /// Writes (`Some`) or deletes (`None`) a raw checkpoint row.
     pub(crate) fn raw_put_checkpoint(&self, seq: u64, bytes: Option<&[u8]>) {
-        let txn = self.store.begin_write().unwrap();
-        {
-            let mut t = txn.open_table(CHECKPOINTS).unwrap();
-            match bytes {
-                Some(b) => {
-                    t.insert(seq, b).unwrap();
-                }
-                None => {
-                    t.remove(seq).unwrap();
-                }
-            }
-        }
-        txn.commit().unwrap();
+        self.raw_put_in(CHECKPOINTS, seq, bytes);
     }
 }
 
