@@ -72,12 +72,11 @@ impl SpawnEnv {
         // meanwhile; a change after the last look finds the files in place
         // and the reload refreshes them.
         let granted = |vault: &crate::secrets::vault::Vault| {
-            vault.heads().map(|h| {
+            vault.heads_of(
                 spec.secrets
                     .iter()
-                    .map(|g| h.get(&(g.secret.name.clone(), g.secret.env)).copied())
-                    .collect::<Vec<_>>()
-            })
+                    .map(|g| (g.secret.name.as_str(), g.secret.env)),
+            )
         };
         let mut tries = 0;
         loop {

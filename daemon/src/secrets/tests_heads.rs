@@ -585,3 +585,33 @@ fn a_key_check_record_put_back_from_before_the_upgrade_is_refused() {
         "a refused upgrade writes nothing"
     );
 }
+
+#[test]
+fn heads_of_reads_only_the_named_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path(), KEY_A);
+        let v = s.vault().unwrap();
+        v.set(&admin(), "MINE", Production, "one").unwrap();
+        v.set(&admin(), "MINE", Production, "two").unwrap();
+        v.set(&admin(), "OTHER", Production, "x").unwrap();
+    }
+    // Another secret's head is tampered with: a spawn granted only MINE
+    // still reads its heads; one granted OTHER is refused.
+    let (mut h, mac) = decode(&raw_head(dir.path(), "OTHER", "production").unwrap());
+    h.current = 0;
+    put_raw_head(dir.path(), "OTHER", "production", &encode(&h, &mac));
+    let s = open(dir.path(), KEY_A);
+    let v = s.vault().unwrap();
+    let got = v
+        .heads_of([("MINE", Production), ("UNSET", Production)])
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].map(|(version, _)| version), Some(2));
+    assert_eq!(got[1], None);
+    assert!(matches!(
+        v.heads_of([("OTHER", Production)]),
+        Err(SecretsError::HeadTampered { .. })
+    ));
+    assert!(v.heads().is_err(), "the whole scan fails on the tampered head");
+}

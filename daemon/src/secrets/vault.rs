@@ -811,6 +811,36 @@ impl Vault {
         Ok(out)
     }
 
+    /// `(current version, updated_ms)` of each of `secrets` (`None`: not
+    /// set), read in one snapshot; only these heads are read and checked.
+    pub fn heads_of<'a>(
+        &self,
+        secrets: impl IntoIterator<Item = (&'a str, SecretEnv)>,
+    ) -> Result<Vec<Option<(u32, u64)>>, SecretsError> {
+        let store = self.store();
+        let txn = store.begin_read()?;
+        let heads = match txn.open_table(HEADS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => {
+                return Ok(secrets.into_iter().map(|_| None).collect());
+            }
+            Err(e) => return Err(store.err("open secrets_heads", e).into()),
+        };
+        let versions = txn
+            .open_table(VERSIONS)
+            .map_err(|e| store.err("open secrets_versions", e))?;
+        secrets
+            .into_iter()
+            .map(|(name, env)| {
+                match load_head(&heads, &versions, store, &self.head_key, name, env) {
+                    Ok(h) => Ok(Some((h.current, h.updated_ms))),
+                    Err(SecretsError::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })
+            .collect()
+    }
+
     /// Every current value (of `env`, or all) with its metadata, for export;
     /// records one read entry per secret (with an HMAC of the value) durably
     /// before returning. Blocks.
