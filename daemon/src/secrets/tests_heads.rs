@@ -613,5 +613,8 @@ fn heads_of_reads_only_the_named_secrets() {
         v.heads_of([("OTHER", Production)]),
         Err(SecretsError::HeadTampered { .. })
     ));
-    assert!(v.heads().is_err(), "the whole scan fails on the tampered head");
+    assert!(
+        v.heads().is_err(),
+        "the whole scan fails on the tampered head"
+    );
 }
