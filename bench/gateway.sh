@@ -15,14 +15,26 @@
 #   redact   emails and phones redacted, everything else logged: every prompt
 #            scanned, rewritten and re-encoded
 #
-#   bench/gateway.sh                  # 2,000 req/s for 10 s, 4 KiB prompts
+# Each side is measured for DURATION seconds in ROUNDS alternating phases
+# (direct, gateway, direct, ..., gateway, direct), each with WARMUP unmeasured
+# seconds first: on a shared VM the noise comes and goes over seconds, and
+# short alternating phases give both sides the same share of it. ROUNDS=1 is
+# one long phase each (direct, gateway, direct).
+#
+# The daemon's state (the redb ledger it fsyncs) lives under STATE_PARENT,
+# default /tmp: a real disk here. STATE_PARENT=/dev/shm shows the run without
+# the fsyncs' cost.
+#
+#   bench/gateway.sh                  # 2,000 req/s for 20 s per side, 4 KiB prompts
 #   RATE=5000 DURATION=20 bench/gateway.sh
-#   PII_MODES=redact bench/gateway.sh
+#   PII_MODES=redact ROUNDS=1 bench/gateway.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE=${RATE:-2000}
-DURATION=${DURATION:-10}
-WARMUP=${WARMUP:-2}
+DURATION=${DURATION:-20}
+ROUNDS=${ROUNDS:-10}
+WARMUP=${WARMUP:-0.5}
+STATE_PARENT=${STATE_PARENT:-/tmp}
 PROMPT_BYTES=${PROMPT_BYTES:-4096}
 PII_MODES=${PII_MODES:-off default redact}
 
@@ -30,7 +42,7 @@ cargo build --release --locked -q -p ironcaged -p ironctl -p ironcage-mock-provi
 BIN="$PWD/target/release"
 # DAEMON=path/to/another/ironcaged compares builds on the same machine state.
 DAEMON=${DAEMON:-$BIN/ironcaged}
-RUN=$(mktemp -d /tmp/ironcage-gwbench.XXXXXX)
+RUN=$(mktemp -d "$STATE_PARENT/ironcage-gwbench.XXXXXX")
 MOCK_PID=""; DAEMON_PID=""
 cleanup() {
     [ -n "$DAEMON_PID" ] && kill "$DAEMON_PID" 2>/dev/null && wait "$DAEMON_PID" 2>/dev/null || true
@@ -75,7 +87,7 @@ restart = "never"
 budget_usd = 100000.0
 budget_period = "day"
 # \$PPID is ironcaged itself: its CPU per request is reported.
-command = ["sh", "-c", "$BIN/gateway-bench --target \"\$OPENAI_BASE_URL\" --api-key \"\$OPENAI_API_KEY\" --direct $MOCK --direct-api-key sk-bench-real --rate $RATE --duration-secs $DURATION --warmup-secs $WARMUP --connections 32 --prompt-bytes $PROMPT_BYTES --model gpt-4o-mini --target-pid \$PPID --direct-pid $MOCK_PID > $RUN/report.part 2>&1; mv $RUN/report.part $RUN/report.txt"]
+command = ["sh", "-c", "$BIN/gateway-bench --target \"\$OPENAI_BASE_URL\" --api-key \"\$OPENAI_API_KEY\" --direct $MOCK --direct-api-key sk-bench-real --rate $RATE --duration-secs $DURATION --rounds $ROUNDS --warmup-secs $WARMUP --connections 32 --prompt-bytes $PROMPT_BYTES --model gpt-4o-mini --target-pid \$PPID --direct-pid $MOCK_PID > $RUN/report.part 2>&1; mv $RUN/report.part $RUN/report.txt"]
 
 $pii_agent
 TOML
@@ -85,11 +97,11 @@ TOML
     export IRONCAGE_SOCKET="$RUN/ironcaged.sock"
     for _ in $(seq 1 300); do "$BIN/ironctl" daemon ping >/dev/null 2>&1 && break; sleep 0.1; done
     echo "=== PII mode: $mode ==="
-    echo "running: ${RATE} req/s for ${DURATION}s per phase (direct, gateway, direct), ${PROMPT_BYTES}-byte prompts..."
+    echo "running: ${RATE} req/s for ${DURATION}s per side in ${ROUNDS} alternating rounds, ${PROMPT_BYTES}-byte prompts..."
     # Wait for the report without touching the daemon: polling `ironctl`
     # here would fork, exec and open a control connection ten times a second
     # on the machine being measured.
-    for _ in $(seq 1 $(( 3 * (DURATION + WARMUP) + 60 ))); do
+    for _ in $(seq 1 $(( 3 * DURATION + 2 * (ROUNDS + 1) + 60 ))); do
         [ -e "$RUN/report.txt" ] && break
         sleep 1
     done

@@ -309,13 +309,31 @@ pub fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
             .context("bad /proc stat number")
     };
     let total = ticks(11)? + ticks(12)?;
+    Ok(Duration::from_nanos(total * 1_000_000_000 / clock_ticks()))
+}
+
+/// Ticks per second of the `/proc` time counters.
+fn clock_ticks() -> u64 {
     // SAFETY: sysconf only reads a configuration value.
     let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let per_sec = u64::try_from(per_sec)
+    u64::try_from(per_sec)
         .ok()
         .filter(|&t| t > 0)
-        .unwrap_or(100);
-    Ok(Duration::from_nanos(total * 1_000_000_000 / per_sec))
+        .unwrap_or(100)
+}
+
+/// Steal time so far, summed over CPUs (the 8th number of `/proc/stat`'s
+/// `cpu` line): how long the hypervisor ran something else while this
+/// machine's CPUs had work. `None` when the line is absent or short.
+pub fn steal_so_far() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_steal(&stat, clock_ticks())
+}
+
+fn parse_steal(stat: &str, ticks_per_sec: u64) -> Option<Duration> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: u64 = line.split_whitespace().nth(8)?.parse().ok()?;
+    Some(Duration::from_nanos(ticks * 1_000_000_000 / ticks_per_sec))
 }
 
 /// CPU time (user + system) this process has used so far.
@@ -355,6 +373,8 @@ pub async fn run(
 
     let server_cpu_before = server_pid.map(process_cpu).transpose()?;
     let client_cpu_before = self_cpu();
+    let steal_before = steal_so_far();
+    let wall_before = Instant::now();
     let (tx, rx) = unbounded_channel();
     let rate = load.rate;
     let scheduler = tokio::spawn(schedule(tx, start, rate, warmup, total));
@@ -383,6 +403,11 @@ pub async fn run(
     }
     scheduler.await.context("the scheduler task panicked")??;
     samples.client_cpu = self_cpu().saturating_sub(client_cpu_before);
+    samples.steal = steal_before
+        .zip(steal_so_far())
+        .map(|(before, after)| after.saturating_sub(before));
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    samples.cpu_wall = wall_before.elapsed() * u32::try_from(cpus).unwrap_or(1);
     if let (Some(pid), Some(before)) = (server_pid, server_cpu_before) {
         samples.server_cpu = Some(process_cpu(pid)?.saturating_sub(before));
     }
@@ -405,6 +430,15 @@ mod tests {
         assert!(process_cpu(std::process::id()).is_ok());
         assert!(self_cpu() > Duration::ZERO);
         assert!(process_cpu(u32::MAX).is_err());
+    }
+
+    #[test]
+    fn reads_steal_from_proc_stat() {
+        let stat =
+            "cpu  3469638 97231 392769 2893531 51031 0 34623 42423 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
+        assert_eq!(parse_steal(stat, 100), Some(Duration::from_millis(424_230)));
+        assert_eq!(parse_steal("cpu  1 2 3\n", 100), None);
+        assert_eq!(parse_steal("intr 5\n", 100), None);
     }
 
     #[test]

@@ -52,9 +52,16 @@ struct Args {
     /// Requests per second, scheduled at fixed intervals.
     #[arg(long, default_value_t = 2000.0)]
     rate: f64,
-    /// Measured seconds per phase.
+    /// Measured seconds per phase (split over the rounds with --rounds).
     #[arg(long, default_value_t = 10.0)]
     duration_secs: f64,
+    /// With --direct: alternate direct and target this many times (direct,
+    /// target, direct, ..., target, direct), each phase measuring
+    /// duration-secs / rounds. On a shared or virtual machine whose noise comes
+    /// and goes over seconds, short alternating phases expose both sides to the
+    /// same noise instead of giving one side a quiet stretch.
+    #[arg(long, default_value_t = 1)]
+    rounds: u32,
     /// Unmeasured seconds at the start of each phase.
     #[arg(long, default_value_t = 2.0)]
     warmup_secs: f64,
@@ -138,10 +145,14 @@ async fn run(args: Args) -> anyhow::Result<Report> {
         }
         None => None,
     };
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    let phase_secs = args.duration_secs / f64::from(args.rounds);
     let load = Load {
         rate: args.rate,
         warmup: seconds("warmup-secs", args.warmup_secs)?,
-        duration: seconds("duration-secs", args.duration_secs)?,
+        duration: seconds("duration-secs", phase_secs)?,
         connections: args.connections,
         timeout: seconds("timeout-secs", args.timeout_secs)?,
         drain: seconds("drain-secs", args.drain_secs)?,
@@ -154,44 +165,66 @@ async fn run(args: Args) -> anyhow::Result<Report> {
         )),
     };
 
-    let progress = |name: &str, endpoint: &Endpoint| {
+    let progress = |name: &str, endpoint: &Endpoint, secs: f64| {
         if !args.json {
             eprintln!(
                 "gateway-bench: {name}: {} ({} s)",
                 endpoint.url(),
-                args.warmup_secs + args.duration_secs
+                args.warmup_secs + secs
             );
         }
     };
     let mut phases = Vec::new();
     let (target_report, direct_report) = match &direct {
         Some(direct) => {
-            // Direct, target, direct: drift during the run (CPU frequency, page
-            // cache, other load) shows up on both sides instead of in the overhead.
+            // Direct, target, direct (and so on with --rounds): drift during the
+            // run (CPU frequency, page cache, other load) shows up on both sides
+            // instead of in the overhead.
+            let rounds = args.rounds;
+            let numbered = |kind: &str, n: u32| {
+                if kind == "target" && rounds == 1 {
+                    "target".to_owned()
+                } else {
+                    format!("{kind} #{n}")
+                }
+            };
             let mut direct_samples = Samples::default();
-            progress("direct #1", direct);
-            let first = load::run(direct.clone(), &load, args.direct_pid)
-                .await
-                .context("direct #1")?;
-            phases.push(PhaseReport::new("direct #1", &direct.url(), first.clone()));
-            direct_samples.merge(first);
-            progress("target", &target);
-            let through = load::run(target.clone(), &load, args.target_pid)
-                .await
-                .context("target")?;
-            let target_report = PhaseReport::new("target", &target.url(), through);
-            phases.push(target_report.clone());
-            progress("direct #2", direct);
-            let second = load::run(direct.clone(), &load, args.direct_pid)
-                .await
-                .context("direct #2")?;
-            phases.push(PhaseReport::new("direct #2", &direct.url(), second.clone()));
-            direct_samples.merge(second);
-            let merged = PhaseReport::new("direct (all)", &direct.url(), direct_samples);
-            (target_report, Some(merged))
+            let mut target_samples = Samples::default();
+            for n in 1..=rounds + 1 {
+                let name = numbered("direct", n);
+                progress(&name, direct, phase_secs);
+                let s = load::run(direct.clone(), &load, args.direct_pid)
+                    .await
+                    .with_context(|| name.clone())?;
+                phases.push(PhaseReport::new(&name, &direct.url(), s.clone()));
+                direct_samples.merge(s);
+                if n > rounds {
+                    break;
+                }
+                let name = numbered("target", n);
+                progress(&name, &target, phase_secs);
+                let s = load::run(target.clone(), &load, args.target_pid)
+                    .await
+                    .with_context(|| name.clone())?;
+                phases.push(PhaseReport::new(&name, &target.url(), s.clone()));
+                target_samples.merge(s);
+            }
+            let target_name = if rounds == 1 {
+                "target"
+            } else {
+                "target (all)"
+            };
+            (
+                PhaseReport::new(target_name, &target.url(), target_samples),
+                Some(PhaseReport::new(
+                    "direct (all)",
+                    &direct.url(),
+                    direct_samples,
+                )),
+            )
         }
         None => {
-            progress("target", &target);
+            progress("target", &target, args.duration_secs);
             let through = load::run(target.clone(), &load, args.target_pid)
                 .await
                 .context("target")?;
@@ -209,6 +242,7 @@ async fn run(args: Args) -> anyhow::Result<Report> {
             direct: args.direct.clone(),
             rate: args.rate,
             duration_secs: args.duration_secs,
+            rounds: args.rounds,
             warmup_secs: args.warmup_secs,
             connections: args.connections,
             prompt_bytes: args.prompt_bytes,

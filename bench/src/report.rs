@@ -26,6 +26,9 @@ pub struct PhaseReport {
     pub server_cpu_us_per_request: Option<f64>,
     /// This client's CPU time per request sent.
     pub client_cpu_us_per_request: f64,
+    /// Share of the machine's CPU time the hypervisor stole during the phase,
+    /// in percent (`None` where `/proc/stat` has no steal count).
+    pub steal_pct: Option<f64>,
     /// Scheduled send → last body byte, 2xx only.
     pub latency_ms: Latency,
     /// Scheduled send → response headers, 2xx only.
@@ -57,6 +60,14 @@ impl PhaseReport {
             },
             server_cpu_us_per_request: samples.server_cpu.map(per_request),
             client_cpu_us_per_request: per_request(samples.client_cpu),
+            steal_pct: samples.steal.map(|st| {
+                let wall = samples.cpu_wall.as_secs_f64();
+                if wall > 0.0 {
+                    (st.as_secs_f64() / wall * 1000.0).round() / 10.0
+                } else {
+                    0.0
+                }
+            }),
             errors: samples.errors,
             latency_ms,
             ttfb_ms: Latency::of(&mut samples.ttfb),
@@ -97,6 +108,8 @@ pub struct Config {
     pub direct: Option<String>,
     pub rate: f64,
     pub duration_secs: f64,
+    /// Direct/target alternations (`--rounds`).
+    pub rounds: u32,
     pub warmup_secs: f64,
     pub connections: usize,
     pub prompt_bytes: usize,
@@ -133,7 +146,7 @@ fn row(out: &mut String, phase: &PhaseReport) {
     let l = &phase.latency_ms;
     let _ = writeln!(
         out,
-        "{:<14} {:>8} {:>8} {:>10.1} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}  {}",
+        "{:<14} {:>8} {:>8} {:>10.1} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>7}  {}",
         phase.name,
         phase.scheduled,
         phase.ok,
@@ -143,6 +156,9 @@ fn row(out: &mut String, phase: &PhaseReport) {
         l.p99,
         l.p999,
         l.max,
+        phase
+            .steal_pct
+            .map_or_else(|| "-".to_owned(), |p| format!("{p:.1}%")),
         errors_text(&phase.errors)
     );
 }
@@ -151,12 +167,18 @@ impl Report {
     pub fn text(&self) -> String {
         let c = &self.config;
         let mut out = String::new();
+        let timing = if c.rounds > 1 {
+            format!(
+                "{} s per side in {} alternating rounds (+{} s warm-up per phase)",
+                c.duration_secs, c.rounds, c.warmup_secs
+            )
+        } else {
+            format!("{} s (+{} s warm-up)", c.duration_secs, c.warmup_secs)
+        };
         let _ = writeln!(
             out,
-            "gateway-bench: {} req/s for {} s (+{} s warm-up), {} connections, {}-byte prompt, model {}{}",
+            "gateway-bench: {} req/s for {timing}, {} connections, {}-byte prompt, model {}{}",
             c.rate,
-            c.duration_secs,
-            c.warmup_secs,
             c.connections,
             c.prompt_bytes,
             c.model,
@@ -168,12 +190,13 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "\nlatency from the scheduled send time to the last byte, 2xx only, in ms"
+            "\nlatency from the scheduled send time to the last byte, 2xx only, in ms \
+             (steal: the share of this machine's CPU time its hypervisor took away)"
         );
         let _ = writeln!(
             out,
-            "{:<14} {:>8} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}  errors",
-            "phase", "sent", "ok", "achieved/s", "p50", "p90", "p99", "p99.9", "max"
+            "{:<14} {:>8} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}  errors",
+            "phase", "sent", "ok", "achieved/s", "p50", "p90", "p99", "p99.9", "max", "steal"
         );
         for phase in &self.phases {
             row(&mut out, phase);
@@ -184,7 +207,9 @@ impl Report {
             row(&mut out, &self.target);
         }
         let _ = writeln!(out, "\nCPU per request (warm-up included), in µs:");
-        for phase in &self.phases {
+        let merged = [self.direct.as_ref(), Some(&self.target)];
+        let merged = if c.rounds > 1 { &merged[..] } else { &[] };
+        for phase in self.phases.iter().chain(merged.iter().flatten().copied()) {
             let server = phase
                 .server_cpu_us_per_request
                 .map_or_else(|| "-".to_owned(), |us| format!("{us:.1}"));
@@ -228,6 +253,8 @@ mod tests {
             span: std::time::Duration::from_secs(1),
             server_cpu: Some(std::time::Duration::from_micros(200)),
             client_cpu: std::time::Duration::from_micros(80),
+            steal: Some(std::time::Duration::from_millis(50)),
+            cpu_wall: std::time::Duration::from_secs(2),
             latency: latencies_us.iter().map(|us| us * 1000).collect(),
             ttfb: latencies_us.iter().map(|us| us * 500).collect(),
             send_lag: vec![1000; latencies_us.len()],
@@ -254,6 +281,7 @@ mod tests {
                 direct: Some("http://d".into()),
                 rate: 10.0,
                 duration_secs: 1.0,
+                rounds: 1,
                 warmup_secs: 0.0,
                 connections: 1,
                 prompt_bytes: 10,
@@ -273,6 +301,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("500x1"));
+        assert!(text.contains("2.5%"), "{text}");
         let json = serde_json::to_value(&report).expect("serializable");
         assert_eq!(json["overhead_ms"]["p99"], 0.12);
         assert_eq!(json["direct"]["latency_ms"]["p50"], 0.2);

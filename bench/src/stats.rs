@@ -77,6 +77,12 @@ pub struct Samples {
     pub server_cpu: Option<Duration>,
     /// CPU time this process used during the phase.
     pub client_cpu: Duration,
+    /// Time the hypervisor kept this machine's CPUs from running while they
+    /// had work (`steal` in `/proc/stat`), summed over CPUs, during the phase;
+    /// `None` where the kernel does not report it.
+    pub steal: Option<Duration>,
+    /// Wall-clock time × online CPUs during the phase: what `steal` is a share of.
+    pub cpu_wall: Duration,
     /// Failures by HTTP status (`"500"`) or kind (`"connect"`, `"io"`, `"timeout"`,
     /// `"body"`, `"unfinished"`).
     pub errors: BTreeMap<String, u64>,
@@ -96,6 +102,11 @@ impl Samples {
             (a, b) => a.or(b),
         };
         self.client_cpu += other.client_cpu;
+        self.steal = match (self.steal, other.steal) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        self.cpu_wall += other.cpu_wall;
         for (kind, count) in other.errors {
             *self.errors.entry(kind).or_insert(0) += count;
         }
