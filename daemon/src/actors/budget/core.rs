@@ -11,6 +11,7 @@ use super::alerts::{Alert, AlertQueue, Inflight};
 use super::ledger::Ledger;
 use super::persist::{
     self, Committed, Counters, Done, Op, Override, ResetEvent, SpendDone, SpendEvent, StoredEvent,
+    Undo,
 };
 use super::{BudgetError, Clock, CostRecord, Refusal, WriterStats};
 use crate::audit::{Actor, AuditHandle, Draft};
@@ -118,7 +119,7 @@ fn orphaned(c: Committed) {
             Done::Unit(tx) => {
                 let _ = tx.send(c.result.clone().map_err(|_| BudgetError::Unavailable));
             }
-            Done::Info(_, tx, _) => {
+            Done::Info(_, tx, _, _) => {
                 let _ = tx.send(Err(BudgetError::Unavailable));
             }
             Done::Nothing => {}
@@ -367,13 +368,23 @@ impl Core {
                             }
                         }
                     },
-                    Done::Info(agent, tx, _) => {
+                    Done::Info(agent, tx, _, undo) => {
                         let r = match &c.result {
                             Ok(()) => {
                                 let l = st.ledger(&agent, now_s);
                                 Ok(l.info(&agent))
                             }
-                            Err(reason) => Err(failed(reason)),
+                            Err(reason) => {
+                                // Told it failed, so it must not stay in
+                                // force; and a settle queued meanwhile wrote
+                                // the changed row, so the file is put right.
+                                let l = st.ledger(&agent, now_s);
+                                if l.undo(*undo) {
+                                    tracing::warn!(agent = %agent, "a budget change of agent {agent} was not committed and is taken back");
+                                    st.save_row(&agent);
+                                }
+                                Err(failed(reason))
+                            }
                         };
                         let _ = tx.send(r);
                     }
@@ -465,11 +476,15 @@ impl Core {
             return;
         };
         l.roll(now_s);
-        l.override_ = Some(Override {
+        let installed = Override {
             limit,
             period: period.unwrap_or(l.period()),
             base: l.config.map(|c| (c.limit, c.period)),
             set_at_ms: now_ms,
+        };
+        let undo = Box::new(Undo::Set {
+            before: l.override_.replace(installed),
+            installed,
         });
         l.rearm();
         l.cutoff_noted = None;
@@ -477,11 +492,11 @@ impl Core {
         let op = Op {
             event: None,
             row: Some((agent.clone(), l.row())),
-            done: Done::Info(agent.clone(), reply, audit),
+            done: Done::Info(agent.clone(), reply, audit, undo),
         };
         if let Err(op) = st.enqueue(op) {
             drop(st);
-            if let Done::Info(_, tx, _) = op.done {
+            if let Done::Info(_, tx, _, _) = op.done {
                 let _ = tx.send(Err(BudgetError::Unavailable));
             }
             return;
@@ -522,16 +537,16 @@ impl Core {
             period: l.period(),
             spent_before: l.spent() + l.pending(),
         });
-        l.reset();
+        let undo = Box::new(l.reset(now_s));
         tracing::info!(agent = %agent, "budget reset");
         let op = Op {
             event: Some(event),
             row: Some((agent.clone(), l.row())),
-            done: Done::Info(agent, reply, audit),
+            done: Done::Info(agent, reply, audit, undo),
         };
         if let Err(op) = st.enqueue(op) {
             drop(st);
-            if let Done::Info(_, tx, _) = op.done {
+            if let Done::Info(_, tx, _, _) = op.done {
                 let _ = tx.send(Err(BudgetError::Unavailable));
             }
         }

@@ -13,7 +13,7 @@
 //! windows that were current when it was booked, and ignored after a reset.
 
 use super::period;
-use super::persist::{AgentRow, Fired, Override, Window};
+use super::persist::{AgentRow, Fired, Override, Undo, Window};
 use crate::config::{BudgetSpec, OnExhausted};
 use ironcage_shared::AgentName;
 use ironcage_shared::money::Micros;
@@ -61,6 +61,17 @@ impl Windows {
         }
     }
 
+    /// Adds `earlier`'s windows that are still current here: what was
+    /// taken out of a window that has not rolled since goes back in.
+    fn absorb(&mut self, earlier: &Windows) {
+        for (w, e) in self.0.iter_mut().zip(&earlier.0) {
+            if w.start == e.start {
+                w.spent += e.spent;
+                w.calls += e.calls;
+            }
+        }
+    }
+
     fn zero(&mut self) {
         for w in &mut self.0 {
             w.spent = Micros::ZERO;
@@ -82,6 +93,9 @@ pub(super) struct Ledger {
     pub reserved: Micros,
     /// Bumped by `reset`; bookings of an older generation never become spend.
     pub generation: u64,
+    /// Bookings of an older generation that became durable since the last
+    /// `reset`: spend again if that reset fails to commit and is undone.
+    superseded: Option<Windows>,
     pub fired: Option<Fired>,
     /// (period, window start) in which a refusal was already recorded (audit
     /// entry, and the stop callback for `on_exhausted = "stop"`): once per
@@ -113,6 +127,7 @@ impl Ledger {
             tail: Windows(row.windows),
             reserved: Micros::ZERO,
             generation: 0,
+            superseded: None,
             fired: row.fired,
             cutoff_noted: None,
             next_boundary: 0,
@@ -222,16 +237,74 @@ impl Ledger {
     pub fn on_durable(&mut self, cost: Micros, booked_at_s: u64, generation: u64) {
         if generation == self.generation {
             self.durable.add(cost, booked_at_s);
+        } else if let Some(s) = &mut self.superseded {
+            s.add(cost, booked_at_s);
         }
     }
 
-    /// `budget reset`: the current period starts over from zero.
-    pub fn reset(&mut self) {
+    /// `budget reset`: the current period starts over from zero. Returns
+    /// what [`undo_reset`](Self::undo_reset) needs should its commit fail.
+    pub fn reset(&mut self, now_s: u64) -> Undo {
+        let undo = Undo::Reset {
+            durable: self.durable,
+            tail: self.tail,
+            fired: self.fired.take(),
+            generation: self.generation + 1,
+        };
         self.durable.zero();
         self.tail.zero();
         self.generation += 1;
-        self.fired = None;
+        self.superseded = Some(Windows::new(now_s));
         self.cutoff_noted = None;
+        undo
+    }
+
+    /// Takes back a change whose commit failed, unless a later change has
+    /// replaced it (that one's own commit decides). Returns whether it did.
+    ///
+    /// A reset's bookings made since stay (they are real spend, in the new
+    /// generation), and the spend it zeroed comes back, including what
+    /// became durable after it (those bookings were of the old generation).
+    pub fn undo(&mut self, undo: Undo) -> bool {
+        match undo {
+            Undo::Set { before, installed } => {
+                if self.override_ != Some(installed) {
+                    return false;
+                }
+                self.override_ = before;
+                self.rearm();
+                true
+            }
+            Undo::Reset {
+                durable,
+                tail,
+                fired,
+                generation,
+            } => {
+                if self.generation != generation {
+                    return false;
+                }
+                self.durable.absorb(&durable);
+                if let Some(s) = self.superseded.take() {
+                    self.durable.absorb(&s);
+                }
+                self.tail.absorb(&tail);
+                // Thresholds fired before the reset stay fired (in the same
+                // window): they must not alert a second time.
+                self.fired = match (self.fired.take(), fired) {
+                    (Some(mut now), Some(old))
+                        if (now.period, now.start) == (old.period, old.start) =>
+                    {
+                        now.thresholds.extend(old.thresholds);
+                        now.thresholds.sort_unstable();
+                        now.thresholds.dedup();
+                        Some(now)
+                    }
+                    (now, old) => now.or(old),
+                };
+                true
+            }
+        }
     }
 
     /// Thresholds already fired in the current period.
@@ -396,7 +469,7 @@ mod tests {
     fn reset_discards_pending_of_the_old_generation() {
         let mut l = budgeted(10, BudgetPeriod::Week);
         let g = l.book(Micros(5), T0);
-        l.reset();
+        l.reset(T0);
         l.on_durable(Micros(5), T0, g);
         assert_eq!((l.spent(), l.pending()), (Micros::ZERO, Micros::ZERO));
     }

@@ -222,13 +222,33 @@ pub(super) enum Done {
     Nothing,
     Spend(SpendDone),
     Unit(oneshot::Sender<Result<(), BudgetError>>),
-    /// `budget set` / `budget reset`: the reply, and the audit entry that
-    /// commits in the same transaction as the change (if audited).
+    /// `budget set` / `budget reset`: the reply, the audit entry that
+    /// commits in the same transaction as the change (if audited), and how to
+    /// take the change back if that transaction fails.
     Info(
         AgentName,
         oneshot::Sender<Result<BudgetInfo, BudgetError>>,
         Option<Audited>,
+        Box<Undo>,
     ),
+}
+
+/// How to take back a `budget set` or `reset` that is applied in memory
+/// when queued but whose commit failed: the operator was told it failed, so
+/// it must not stay in force, nor reach the file with the next settle's row.
+pub(super) enum Undo {
+    /// The override `set` replaced, and the one it installed.
+    Set {
+        before: Option<Override>,
+        installed: Override,
+    },
+    /// What `reset` zeroed, and the generation it started.
+    Reset {
+        durable: super::ledger::Windows,
+        tail: super::ledger::Windows,
+        fired: Option<Fired>,
+        generation: u64,
+    },
 }
 
 /// An audit entry to commit with an operation, and the trail it goes to.
@@ -357,7 +377,7 @@ fn split_audited(batch: Vec<Op>) -> Vec<Vec<Op>> {
     let mut parts: Vec<Vec<Op>> = Vec::new();
     let mut plain: Vec<Op> = Vec::new();
     for op in batch {
-        if matches!(op.done, Done::Info(_, _, Some(_))) {
+        if matches!(op.done, Done::Info(_, _, Some(_), _)) {
             if !plain.is_empty() {
                 parts.push(std::mem::take(&mut plain));
             }
@@ -394,7 +414,7 @@ fn write_batch(store: &Store, first_seq: u64, batch: &[Op]) -> Result<u64, Strin
     let audited: Vec<&Audited> = batch
         .iter()
         .filter_map(|o| match &o.done {
-            Done::Info(_, _, Some(a)) => Some(a),
+            Done::Info(_, _, Some(a), _) => Some(a),
             _ => None,
         })
         .collect();
@@ -576,6 +596,15 @@ mod split_tests {
                     log: log.clone(),
                     draft: Draft::new(Actor::daemon(), "budget set", "a", AuditOutcome::Ok),
                 }),
+                Box::new(Undo::Set {
+                    before: None,
+                    installed: Override {
+                        limit: Micros(1),
+                        period: BudgetPeriod::Day,
+                        base: None,
+                        set_at_ms: 0,
+                    },
+                }),
             ),
         }
     }
@@ -585,7 +614,7 @@ mod split_tests {
             .iter()
             .map(|p| {
                 p.iter()
-                    .map(|o| matches!(o.done, Done::Info(_, _, Some(_))))
+                    .map(|o| matches!(o.done, Done::Info(_, _, Some(_), _)))
                     .collect()
             })
             .collect()

@@ -1164,6 +1164,25 @@ mod audited {
         });
     }
 
+    /// The durable row of agent `a`.
+    fn stored_row(store: &Store) -> persist::AgentRow {
+        let txn = store.begin_read().unwrap();
+        let t = txn.open_table(persist::AGENTS).unwrap();
+        postcard::from_bytes(t.get("a").unwrap().unwrap().value()).unwrap()
+    }
+
+    /// Makes appending to the trail fail: the `audit` table replaced by one of
+    /// another type (the trail's own writes fail the same way). Settles,
+    /// which write no audit entry, still commit.
+    fn break_trail(store: &Store) {
+        let txn = store.begin_write().unwrap();
+        txn.delete_table(redb::TableDefinition::<u64, &[u8]>::new("audit"))
+            .unwrap();
+        txn.open_table(redb::TableDefinition::<&str, &str>::new("audit"))
+            .unwrap();
+        txn.commit().unwrap();
+    }
+
     #[test]
     fn when_the_entry_cannot_be_written_the_change_is_not_committed_either() {
         run(async {
@@ -1171,14 +1190,7 @@ mod audited {
             let store = Arc::new(Store::open(w.dir.path()).unwrap());
             let (h, secrets) = start(&store, &w);
             let log = secrets.audit().log().clone();
-            // Make appending to the trail fail: the `audit` table replaced by
-            // one of another type (the trail's own writes fail the same way).
-            let txn = store.begin_write().unwrap();
-            txn.delete_table(redb::TableDefinition::<u64, &[u8]>::new("audit"))
-                .unwrap();
-            txn.open_table(redb::TableDefinition::<&str, &str>::new("audit"))
-                .unwrap();
-            txn.commit().unwrap();
+            break_trail(&store);
             let last = log.last_seq();
 
             let e = h
@@ -1190,6 +1202,12 @@ mod audited {
             // change reached the file.
             assert_eq!(stored_override(&store), None);
             assert_eq!(log.last_seq(), last);
+            // Nor is it in force: the operator was told it failed.
+            assert_eq!(info(&h, "a").await.limit, Some(usd("10")));
+            // A settle committed after it writes the agent's row, which must
+            // not carry the failed change either.
+            spend(&h, "a", "1", "1").await;
+            assert_eq!(stored_override(&store), None);
             assert!(
                 h.reset_audited(name("a"), draft("budget reset"))
                     .await
@@ -1201,6 +1219,72 @@ mod audited {
                     .iter()
                     .any(|(_, ev)| matches!(ev, StoredEvent::Reset(_)))
             );
+        });
+    }
+
+    #[test]
+    fn a_failed_set_is_taken_back_even_when_a_settle_queued_behind_it_committed() {
+        run(async {
+            let w = World::new();
+            let store = Arc::new(Store::open(w.dir.path()).unwrap());
+            let (h, _secrets) = start(&store, &w);
+            break_trail(&store);
+            let r = h.reserve(&name("a"), usd("1")).await.unwrap();
+            // An open write transaction holds the writer back until both are
+            // queued, the set first (join! polls in order, and `settle`
+            // books when called): the settle's row is taken while the
+            // override is in force, and commits after the set failed.
+            let hold = store.begin_write().unwrap();
+            let (set, settled, ()) = tokio::join!(
+                h.set_audited(name("a"), usd("3"), None, draft("budget set")),
+                async { h.settle(r, record("a", "0.5")).await },
+                async move { drop(hold) },
+            );
+            assert!(set.is_err());
+            settled.unwrap();
+            h.flush().await.unwrap();
+            assert_eq!(stored_override(&store), None);
+            let a = info(&h, "a").await;
+            assert_eq!((a.limit, a.spent), (Some(usd("10")), usd("0.5")));
+        });
+    }
+
+    #[test]
+    fn a_failed_reset_gives_back_the_spend_it_zeroed() {
+        run(async {
+            let w = World::new();
+            let store = Arc::new(Store::open(w.dir.path()).unwrap());
+            let (h, _secrets) = start(&store, &w);
+            spend(&h, "a", "1", "1").await;
+            break_trail(&store);
+            let r = h.reserve(&name("a"), usd("1")).await.unwrap();
+            let hold = store.begin_write().unwrap();
+            let (reset, settled, ()) = tokio::join!(
+                h.reset_audited(name("a"), draft("budget reset")),
+                async { h.settle(r, record("a", "0.5")).await },
+                async move { drop(hold) },
+            );
+            assert!(matches!(reset, Err(BudgetError::NotDurable { .. })));
+            settled.unwrap();
+            h.flush().await.unwrap();
+            // In memory and in the file: the spend before the failed reset
+            // and the call settled after it.
+            let a = info(&h, "a").await;
+            assert_eq!(
+                (a.spent, a.reserved, a.calls),
+                (usd("1.5"), Micros::ZERO, 2)
+            );
+            let day = stored_row(&store).windows[super::super::period::index(BudgetPeriod::Day)];
+            assert_eq!((day.spent, day.calls), (usd("1.5"), 2));
+            assert!(
+                !persist::read_events(&store)
+                    .unwrap()
+                    .iter()
+                    .any(|(_, ev)| matches!(ev, StoredEvent::Reset(_)))
+            );
+            // The budget still holds: 8.5 left of 10.
+            assert!(h.reserve(&name("a"), usd("8.6")).await.is_err());
+            h.reserve(&name("a"), usd("8.5")).await.unwrap();
         });
     }
 
