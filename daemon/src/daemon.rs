@@ -120,6 +120,14 @@ impl Daemon {
             let root = self.paths.credentials_root();
             let agents = config.agents.clone();
             let secrets = self.secrets.clone();
+            // The new values are masked out of the agents' output before
+            // their files are written.
+            let mut logs = std::collections::HashMap::new();
+            for a in agents.iter().filter(|a| !a.secrets.is_empty()) {
+                if let Ok(l) = self.supervisor.logs(&a.name).await {
+                    logs.insert(a.name.to_string(), l);
+                }
+            }
             // Store reads and file writes: off the async threads.
             let files = tokio::task::spawn_blocking(move || {
                 let snapshot = crate::gateway::Snapshot::build_with(&config, Some(&secrets), true)?;
@@ -135,6 +143,10 @@ impl Daemon {
                 let heads = vault.heads().map_err(|e| e.to_string())?;
                 let mut n = 0;
                 for r in pending {
+                    let (agent, values) = r.values();
+                    if let Some(l) = logs.get(agent) {
+                        l.mask_secrets(values);
+                    }
                     n += r.apply().map_err(|e| e.to_string())?;
                 }
                 Ok::<_, String>((n, heads, snapshot))

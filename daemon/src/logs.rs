@@ -15,7 +15,16 @@
 //! policy cannot be applied the line is withheld (fail closed). Lines are cut at
 //! [`MAX_LINE`] before scanning, so an entity straddling such a cut is scanned
 //! as two pieces.
+//!
+//! Before that policy, the values of the secrets the agent was given
+//! ([`AgentLogs::mask_secrets`]: at delivery, on rotation, on a channel read)
+//! are replaced by `[secret NAME]`, whatever they look like: a database
+//! password matches no PII pattern, and the daemon must not write it to the
+//! journal. Values shorter than [`MIN_MASKED_SECRET`] bytes are left alone
+//! (they would mask ordinary words and numbers), and a value cut by the
+//! [`MAX_LINE`] split is not recognised.
 
+use crate::secret::SecretString;
 use ironcage_shared::AgentName;
 use ironcage_shared::protocol::{LogLine, Stream};
 use std::collections::VecDeque;
@@ -34,6 +43,53 @@ pub const RING_BYTES: usize = 256 * 1024;
 pub const FILE_MAX_BYTES: u64 = 8 * 1024 * 1024;
 /// Rotated files kept (`.1` .. `.N`).
 pub const FILE_KEEP: usize = 2;
+/// Shortest secret value masked out of agent output.
+pub const MIN_MASKED_SECRET: usize = 6;
+/// Most secret values masked per agent; the oldest go first.
+const MAX_MASKED_SECRETS: usize = 256;
+
+/// The secret values masked out of one agent's output, longest first (so a
+/// value that contains another is replaced whole).
+#[derive(Default)]
+struct SecretValues(Vec<(String, SecretString)>);
+
+impl std::fmt::Debug for SecretValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretValues({} masked)", self.0.len())
+    }
+}
+
+impl SecretValues {
+    fn add(&mut self, values: impl IntoIterator<Item = (String, SecretString)>) {
+        for (name, v) in values {
+            if v.expose().len() < MIN_MASKED_SECRET {
+                continue;
+            }
+            self.0.retain(|(_, old)| old != &v);
+            self.0.push((name, v));
+        }
+        if self.0.len() > MAX_MASKED_SECRETS {
+            let extra = self.0.len() - MAX_MASKED_SECRETS;
+            self.0.drain(..extra);
+        }
+    }
+
+    /// `line` with every known value replaced by `[secret NAME]`.
+    fn mask(&self, line: String) -> String {
+        if !self.0.iter().any(|(_, v)| line.contains(v.expose())) {
+            return line;
+        }
+        let mut by_len: Vec<&(String, SecretString)> = self.0.iter().collect();
+        by_len.sort_by_key(|(_, v)| std::cmp::Reverse(v.expose().len()));
+        let mut out = line;
+        for (name, v) in by_len {
+            if out.contains(v.expose()) {
+                out = out.replace(v.expose(), &format!("[secret {name}]"));
+            }
+        }
+        out
+    }
+}
 
 #[derive(Debug, Default)]
 struct Ring {
@@ -109,6 +165,8 @@ pub struct AgentLogs {
     notify: Notify,
     /// The agent's `logs` PII policy (`None`: lines pass unchanged).
     pii: RwLock<Option<Arc<LogPolicy>>>,
+    /// Secret values the agent was given, masked before the PII policy.
+    secrets: RwLock<SecretValues>,
 }
 
 /// The `logs` direction of an agent's PII settings, ready to apply.
@@ -203,7 +261,19 @@ impl AgentLogs {
             }),
             notify: Notify::new(),
             pii: RwLock::new(None),
+            secrets: RwLock::new(SecretValues::default()),
         })
+    }
+
+    /// Masks these secret values (with their secrets' names) out of every
+    /// line captured from now on. Values stay masked for the life of the
+    /// daemon: a rotated-out value may still be in the agent's memory or
+    /// environment.
+    pub fn mask_secrets(&self, values: impl IntoIterator<Item = (String, SecretString)>) {
+        self.secrets
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(values);
     }
 
     /// Sets the `logs` PII policy applied to every captured line from now on.
@@ -295,6 +365,11 @@ impl AgentLogs {
         }
         let line = String::from_utf8_lossy(pending).into_owned();
         pending.clear();
+        let line = self
+            .secrets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .mask(line);
         let policy = self.pii.read().unwrap_or_else(|e| e.into_inner()).clone();
         let line = match policy {
             Some(p) => p.apply(&self.agent, line),
@@ -400,5 +475,67 @@ mod tests {
         assert!(rotated(&path, 1).exists());
         assert!(rotated(&path, FILE_KEEP).exists());
         assert!(!rotated(&path, FILE_KEEP + 1).exists());
+    }
+
+    #[tokio::test]
+    async fn granted_secret_values_are_masked_before_any_sink() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = AgentLogs::new(AgentName::new("a").unwrap(), dir.path());
+        let password = "hunter2-Correct-Horse";
+        let token = "hunter2";
+        logs.mask_secrets([
+            ("db_password".to_owned(), SecretString::new(password.into())),
+            // Contained in the password: the longer one wins.
+            ("short_token".to_owned(), SecretString::new(token.into())),
+            // Too short to mask without hiding ordinary text.
+            ("pin".to_owned(), SecretString::new("1234".into())),
+        ]);
+        let input = format!(
+            "connecting with {password} twice {password}\ntoken={token} pin 1234\nnothing here\n"
+        );
+        logs.clone().capture(input.as_bytes(), Stream::Stderr).await;
+        let texts: Vec<String> = logs.tail(3).0.into_iter().map(|l| l.line).collect();
+        assert_eq!(
+            texts,
+            [
+                "connecting with [secret db_password] twice [secret db_password]",
+                "token=[secret short_token] pin 1234",
+                "nothing here",
+            ]
+        );
+        let file = std::fs::read_to_string(dir.path().join("a.log")).unwrap();
+        assert!(!file.contains(token), "{file}");
+        // Masked before the PII policy: a granted key that also matches a
+        // pattern shows by its name instead of blocking the whole line.
+        let mut spec = crate::config::PiiSpec::default();
+        spec.policies.logs = ironcage_shared::pii::Policy::parse("secrets=block").unwrap();
+        logs.set_pii(&spec);
+        logs.mask_secrets([(
+            "aws_key".to_owned(),
+            SecretString::new("AKIAIOSFODNN7EXAMPLE".into()),
+        )]);
+        logs.clone()
+            .capture(&b"using AKIAIOSFODNN7EXAMPLE now\n"[..], Stream::Stdout)
+            .await;
+        assert_eq!(logs.tail(1).0[0].line, "using [secret aws_key] now");
+        // A rotated-in value is added; the old one stays masked.
+        logs.mask_secrets([(
+            "db_password".to_owned(),
+            SecretString::new("n3w-Pa55word".into()),
+        )]);
+        logs.clone()
+            .capture(
+                &b"old hunter2-Correct-Horse new n3w-Pa55word\n"[..],
+                Stream::Stdout,
+            )
+            .await;
+        assert_eq!(
+            logs.tail(1).0[0].line,
+            "old [secret db_password] new [secret db_password]"
+        );
+        assert_eq!(
+            format!("{:?}", logs.secrets.read().unwrap()),
+            "SecretValues(4 masked)"
+        );
     }
 }

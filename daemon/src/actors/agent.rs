@@ -529,6 +529,8 @@ impl AgentActor {
                     if let Some(dir) = &d.dir {
                         cmd.env(crate::secrets::delivery::CREDENTIALS_ENV, dir);
                     }
+                    // Before the first line it prints.
+                    self.logs.mask_secrets(d.values.iter().cloned());
                 }
                 let r = cmd.spawn();
                 // Our copy of the probe's write end went with `cmd`.
@@ -607,6 +609,7 @@ impl AgentActor {
                     self.spec.secrets.clone(),
                     self.env.cage.clone(),
                     live,
+                    Some(self.logs.clone()),
                 ));
             }
             Err(e) => {

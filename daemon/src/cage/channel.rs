@@ -148,13 +148,15 @@ impl Liveness {
 /// `grants` are the agent's secrets (`AgentSpec::secrets`): what
 /// `iron_cage.secret()` may read, and which rotations are pushed to it. Pushes
 /// are written by a task of their own through the write half the replies use,
-/// under one lock, so frames never interleave.
+/// under one lock, so frames never interleave. A value read through the
+/// channel is masked out of the agent's captured output (`logs`).
 pub async fn serve(
     stream: UnixStream,
     agent: AgentName,
     grants: Vec<SecretGrant>,
     services: Arc<CageServices>,
     live: Arc<Liveness>,
+    logs: Option<Arc<crate::logs::AgentLogs>>,
 ) {
     let (mut rd, wr) = stream.into_split();
     let wr = Arc::new(tokio::sync::Mutex::new(wr));
@@ -218,7 +220,10 @@ pub async fn serve(
                 ),
                 true,
             ),
-            Ok(r) => (handle(r, &agent, &grants, &services).await, false),
+            Ok(r) => (
+                handle(r, &agent, &grants, &services, logs.as_deref()).await,
+                false,
+            ),
         };
         let msg = AgentMessage::Reply { id, response };
         if let Err(e) = framing::write_message(&mut *wr.lock().await, &msg).await {
@@ -278,6 +283,7 @@ async fn handle(
     agent: &AgentName,
     grants: &Arc<Vec<SecretGrant>>,
     services: &CageServices,
+    logs: Option<&crate::logs::AgentLogs>,
 ) -> AgentResponse {
     match req {
         // Answered by `serve` before anything else reaches here.
@@ -297,7 +303,7 @@ async fn handle(
             None => ledger_down(),
             Some(b) => report_cost(b, agent, r).await,
         },
-        AgentRequest::Secret(s) => read_secret(services, agent, grants, s.name).await,
+        AgentRequest::Secret(s) => read_secret(services, agent, grants, s.name, logs).await,
     }
 }
 
@@ -308,6 +314,7 @@ async fn read_secret(
     agent: &AgentName,
     grants: &Arc<Vec<SecretGrant>>,
     name: String,
+    logs: Option<&crate::logs::AgentLogs>,
 ) -> AgentResponse {
     let Some(secrets) = services.secrets.get() else {
         return error(
@@ -325,7 +332,11 @@ async fn read_secret(
     match tokio::task::spawn_blocking(move || vault.read_for_agent(who.as_str(), &g, &n)).await {
         Ok(Ok(value)) => {
             tracing::debug!(agent = %agent, secret = %name, "agent read a secret");
-            AgentResponse::Secret(value.expose().to_owned())
+            let answer = AgentResponse::Secret(value.expose().to_owned());
+            if let Some(logs) = logs {
+                logs.mask_secrets([(name, value)]);
+            }
+            answer
         }
         Ok(Err(e)) => secret_refused(agent, &name, e),
         Err(e) => error(
@@ -463,6 +474,14 @@ mod tests {
         grants: Vec<SecretGrant>,
         services: Arc<CageServices>,
     ) -> (UnixStream, Arc<Liveness>, tokio::task::JoinHandle<()>) {
+        start_logged(grants, services, None)
+    }
+
+    fn start_logged(
+        grants: Vec<SecretGrant>,
+        services: Arc<CageServices>,
+        logs: Option<Arc<crate::logs::AgentLogs>>,
+    ) -> (UnixStream, Arc<Liveness>, tokio::task::JoinHandle<()>) {
         let (ours, theirs) = UnixStream::pair().unwrap();
         let live = Liveness::new();
         let task = tokio::spawn(serve(
@@ -471,6 +490,7 @@ mod tests {
             grants,
             services,
             live.clone(),
+            logs,
         ));
         (theirs, live, task)
     }
@@ -585,7 +605,9 @@ mod tests {
             .unwrap();
         let services = Arc::new(CageServices::default());
         services.set_secrets(secrets.clone());
-        let (mut s, _, task) = start_with(vec![grant("DB")], services.clone());
+        let logs = crate::logs::AgentLogs::new("agent-a".parse().unwrap(), dir.path());
+        let (mut s, _, task) =
+            start_logged(vec![grant("DB")], services.clone(), Some(logs.clone()));
         round_trip(&mut s, 1, hello(AGENT_CHANNEL_VERSION))
             .await
             .unwrap();
@@ -594,6 +616,14 @@ mod tests {
             round_trip(&mut s, 2, ask("DB")).await,
             Some(AgentResponse::Secret("db-one".into()))
         );
+        // What it read is masked out of what it prints.
+        logs.clone()
+            .capture(
+                &b"connected with db-one\n"[..],
+                ironcage_shared::protocol::Stream::Stdout,
+            )
+            .await;
+        assert_eq!(logs.tail(1).0[0].line, "connected with [secret DB]");
         match round_trip(&mut s, 3, ask("OTHER")).await {
             Some(AgentResponse::Error(e)) => {
                 assert_eq!(e.kind, AgentErrorKind::NotFound);

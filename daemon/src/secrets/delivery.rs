@@ -32,6 +32,9 @@ pub struct Delivered {
     pub dir: Option<PathBuf>,
     /// Environment variables to set (name, value).
     pub env: Vec<(String, SecretString)>,
+    /// Every delivered value with its secret's name, file and env alike: to
+    /// be masked out of the agent's output ([`crate::logs::AgentLogs::mask_secrets`]).
+    pub values: Vec<(String, SecretString)>,
 }
 
 /// `root/<agent>`.
@@ -113,6 +116,7 @@ pub fn deliver(
         out.dir = Some(dir);
     }
     for (g, v) in grants.iter().zip(values) {
+        out.values.push((g.secret.name.clone(), v.clone()));
         match &g.delivery {
             Delivery::File => {
                 let dir = out.dir.as_ref().expect("created above");
@@ -168,6 +172,7 @@ fn read_all(
 
 /// New values for one running agent's files, read and not yet written.
 pub struct Refresh {
+    agent: String,
     dir: PathBuf,
     files: Vec<(String, SecretString)>,
 }
@@ -175,6 +180,7 @@ pub struct Refresh {
 impl std::fmt::Debug for Refresh {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Refresh")
+            .field("agent", &self.agent)
             .field("dir", &self.dir)
             .field("files", &self.files.len())
             .finish()
@@ -201,6 +207,7 @@ pub fn prepare_refresh(
     }
     let values = read_all(vault, agent, &files)?;
     Ok(Some(Refresh {
+        agent: agent.to_owned(),
         dir,
         files: files
             .into_iter()
@@ -211,6 +218,12 @@ pub fn prepare_refresh(
 }
 
 impl Refresh {
+    /// The agent, and the new values with their secrets' names (to mask out
+    /// of its output once written).
+    pub fn values(&self) -> (&str, Vec<(String, SecretString)>) {
+        (&self.agent, self.files.clone())
+    }
+
     /// Replaces each file atomically, owned like the directory (the agent's
     /// user); returns how many. An agent that exited meanwhile (its directory
     /// gone) is not an error.

@@ -890,3 +890,54 @@ fn budget_set_and_reset_are_on_the_trail_with_their_change() {
     assert!(b.contains("10.00") && b.contains("week"), "{b}");
     assert!(d.ctl_ok(&["audit", "verify"]).contains("audit trail OK"));
 }
+
+#[test]
+fn an_agent_printing_its_secrets_shows_their_names_in_every_log() {
+    // Neither value looks like a key or any other PII pattern: only the
+    // daemon's knowledge of what it delivered can mask them.
+    const DB: &str = "db-pass-Correct-Horse-e2e-17";
+    const TOKEN_V1: &str = "tok-first-Battery-Staple-e2e";
+    const TOKEN_V2: &str = "tok-second-Stapler-Fire-e2e";
+    let agent = sh_agent(
+        "printer",
+        r#"echo "env=$DB_PASSWORD"; last=""; while :; do v=$(cat "$IRONCAGE_CREDENTIALS_DIRECTORY/API_TOKEN"); if [ "$v" != "$last" ]; then echo "token=$v" >&2; last=$v; fi; sleep 0.05; done"#,
+        "secrets = [\"API_TOKEN\"]\nsecret_env = { DB_PASSWORD = \"DB_PASSWORD\" }",
+    );
+    let mut d = Daemon::new(&agent);
+    start(&mut d, KEY_A);
+    set(&d, "DB_PASSWORD", "production", DB);
+    set(&d, "API_TOKEN", "production", TOKEN_V1);
+    d.ctl_ok(&["agents", "restart", "printer"]);
+    d.wait_log("printer", "env=[secret DB_PASSWORD]");
+    d.wait_log("printer", "token=[secret API_TOKEN]");
+
+    // A rotated value, written to the agent's file by a reload, is masked
+    // from the first line that shows it.
+    set(&d, "API_TOKEN", "production", TOKEN_V2);
+    d.ctl_ok(&["secrets", "reload"]);
+    wait_for("the agent to print the rotated token", || {
+        (d.logs("printer", 100)
+            .iter()
+            .filter(|l| l.contains("token=[secret API_TOKEN]"))
+            .count()
+            >= 2)
+            .then_some(())
+    });
+    let file = std::fs::read_to_string(d.path().join("state/logs/printer.log")).unwrap();
+    for v in [DB, TOKEN_V1, TOKEN_V2] {
+        assert!(
+            !d.logs("printer", 1000).iter().any(|l| l.contains(v)),
+            "ironctl agents logs"
+        );
+        assert!(!file.contains(v), "the agent's log file");
+    }
+    assert!(
+        d.signal_and_wait(nix::sys::signal::Signal::SIGTERM)
+            .success()
+    );
+    let journal = d.stderr_text();
+    assert!(journal.contains("[secret API_TOKEN]"), "{journal}");
+    for v in [DB, TOKEN_V1, TOKEN_V2] {
+        assert!(!journal.contains(v), "the daemon's own log");
+    }
+}
