@@ -127,6 +127,7 @@ fn agents() -> Vec<AgentInfo> {
         restart_policy: "always".into(),
         command: vec!["python".into(), "agent.py".into()],
         next_restart_in_ms: None,
+        user: None,
     };
     let stopped = AgentInfo {
         name: AgentName::new("idle").unwrap(),

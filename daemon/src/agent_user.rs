@@ -43,6 +43,14 @@ impl AgentUser {
             None => format!("uid {}", self.uid),
         }
     }
+
+    /// `nobody (uid 65534, gid 65534)` for `ironctl agents status`.
+    pub fn describe_with_group(&self) -> String {
+        match &self.name {
+            Some(n) => format!("{n} (uid {}, gid {})", self.uid, self.gid),
+            None => format!("uid {}, gid {}", self.uid, self.gid),
+        }
+    }
 }
 
 /// `user = "name"` or `user = 1000` as written.

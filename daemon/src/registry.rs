@@ -26,6 +26,8 @@ pub struct AgentStatus {
     pub restart_policy: &'static str,
     pub command: Vec<String>,
     pub next_restart: Option<Instant>,
+    /// `AgentUser::describe_with_group`, when it runs as its own user.
+    pub user: Option<String>,
 }
 
 impl AgentStatus {
@@ -47,6 +49,7 @@ impl AgentStatus {
             next_restart_in_ms: self
                 .next_restart
                 .map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64),
+            user: self.user.clone(),
         }
     }
 }

@@ -282,6 +282,9 @@ pub struct AgentInfo {
     pub command: Vec<String>,
     /// Milliseconds until the next restart attempt, in `backoff`.
     pub next_restart_in_ms: Option<u64>,
+    /// The user it runs as when the config sets one (`nobody (uid 65534,
+    /// gid 65534)`); `None`: the daemon's own user.
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

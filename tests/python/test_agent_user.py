@@ -3,6 +3,7 @@
 openai SDK all work as for any agent, it is metered, and it cannot read the
 daemon's state. Needs root to switch users (CI runs as root)."""
 
+import hashlib
 import json
 import os
 import pwd
@@ -62,7 +63,11 @@ def test_a_python_agent_under_its_own_user_uses_its_channel_files_and_the_gatewa
     r = wait_for("the agent's result", result)
     assert r["uid"] == [nobody.pw_uid] * 4, r
     assert r["gid"] == [nobody.pw_gid] * 4, r
-    assert r["secret"] == VALUE and r["file"] == VALUE
+    digest = hashlib.sha256(VALUE.encode()).hexdigest()
+    assert r["secret"] == digest and r["file"] == digest
+    # Printed as is, the value shows by its name only.
+    assert "RAW [secret TOKEN]" in cage.logs("caged")
+    assert VALUE not in cage.logs("caged")
     assert r["call_tokens"] > 0
     assert r["redb"].startswith("PermissionError"), r
     assert (r["home"], r["user"]) == (nobody.pw_dir, "nobody")

@@ -97,6 +97,12 @@ pub fn render_status(a: &AgentInfo) -> String {
         ("restarts", a.restarts.to_string()),
         ("restart policy", a.restart_policy.clone()),
         ("last exit", last_exit),
+        (
+            "user",
+            a.user
+                .clone()
+                .unwrap_or_else(|| "the daemon's own".to_owned()),
+        ),
     ];
     if let Some(r) = a.stop_reason {
         pairs.push(("stop reason", stop_reason(r).to_owned()));
@@ -257,6 +263,7 @@ mod tests {
             restart_policy: "on-failure".into(),
             command: vec!["python".into(), "agent.py".into()],
             next_restart_in_ms: None,
+            user: None,
         }
     }
 
@@ -361,6 +368,7 @@ mod tests {
             "restart_policy",
             "command",
             "next_restart_in_ms",
+            "user",
         ] {
             assert!(a.get(key).is_some(), "missing {key}");
         }
@@ -374,6 +382,15 @@ mod tests {
         a.command = vec!["sh".into(), "-c".into(), "echo 'hi' && sleep 1".into()];
         let text = render_status(&a);
         assert!(text.contains("state:           backoff\n"), "{text}");
+        assert!(
+            text.contains("user:            the daemon's own\n"),
+            "{text}"
+        );
+        a.user = Some("nobody (uid 65534, gid 65534)".into());
+        assert!(
+            render_status(&a).contains("user:            nobody (uid 65534, gid 65534)\n"),
+            "{text}"
+        );
         assert!(text.contains("next restart in: 1.5s\n"), "{text}");
         assert!(
             text.contains("stop reason:     budget exhausted\n"),

@@ -239,6 +239,11 @@ impl AgentActor {
             restart_policy: self.spec.restart.as_str(),
             command: self.spec.command.clone(),
             next_restart,
+            user: self
+                .spec
+                .user
+                .as_ref()
+                .map(crate::agent_user::AgentUser::describe_with_group),
         });
     }
 

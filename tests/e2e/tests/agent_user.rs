@@ -119,7 +119,7 @@ echo "otherenv=$(cat /proc/$(cat {dir}/other.pid)/environ 2>&1 >/dev/null)"
 echo "mine=$(cat "$IRONCAGE_CREDENTIALS_DIRECTORY/MINE")"
 curl -s -o /dev/null -w 'code=%{http_code}\n' "$OPENAI_BASE_URL/chat/completions" -H "Authorization: Bearer $OPENAI_API_KEY" -H 'content-type: application/json' -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"max_tokens":5}'
 while [ ! -e {dir}/rotated ]; do sleep 0.05; done
-echo "mine2=$(cat "$IRONCAGE_CREDENTIALS_DIRECTORY/MINE")"
+echo "mine2=$(tr a-z A-Z < "$IRONCAGE_CREDENTIALS_DIRECTORY/MINE")"
 exec sleep 1000"#,
         "user = \"nobody\"\nautostart = false\nsecrets = [\"MINE\"]\nbudget_usd = 5",
     );
@@ -168,6 +168,17 @@ exec sleep 1000"#,
     );
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert!(status.contains(&format!("Uid:\t{NOBODY}\t")), "{status}");
+    // And as the operator sees it.
+    let user_line = |name: &str| {
+        d.ctl_ok(&["agents", "status", name])
+            .lines()
+            .find_map(|l| l.strip_prefix("user:").map(|v| v.trim().to_owned()))
+    };
+    assert_eq!(
+        user_line("caged"),
+        Some(format!("nobody (uid {NOBODY}, gid {gid})"))
+    );
+    assert_eq!(user_line("other"), Some("the daemon's own".to_owned()));
     assert_eq!(
         field(&logs, "home"),
         format!("/nonexistent user=nobody logname=nobody"),
@@ -182,7 +193,11 @@ exec sleep 1000"#,
         assert!(v.contains("Permission denied"), "{key}: {v:?}");
     }
     // What it must read: its own file, which it owns (0400 in a 0700 dir).
-    assert_eq!(field(&logs, "mine"), "mine-value-1");
+    assert_eq!(
+        field(&logs, "mine"),
+        "[secret MINE]",
+        "read, and masked by name"
+    );
     let root = d.path().join("run/credentials");
     let own = root.join("caged");
     let meta = |p: &Path| std::fs::metadata(p).unwrap();
@@ -230,7 +245,8 @@ exec sleep 1000"#,
     );
     std::fs::write(d.path().join("rotated"), "").unwrap();
     let logs = d.wait_log("caged", "mine2=");
-    assert_eq!(field(&logs, "mine2"), "mine-value-2");
+    // Upper-cased, so not the value itself (which would show masked).
+    assert_eq!(field(&logs, "mine2"), "MINE-VALUE-2");
 
     // Stopped: its directory goes.
     d.ctl_ok(&["agents", "stop", "caged"]);
@@ -466,7 +482,8 @@ echo "up"; exec sleep 1000"#;
         "{logs:?}"
     );
     caps_zero(&logs, "caged");
-    assert_eq!(field(&logs, "mine"), "mine-1");
+    // It read the value (printed, it shows masked by name).
+    assert_eq!(field(&logs, "mine"), "[secret MINE]");
     let own = d.path().join("run/credentials/caged");
     let file = own.join("MINE");
     let meta = |p: &Path| std::fs::metadata(p).unwrap();

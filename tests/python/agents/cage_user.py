@@ -3,8 +3,10 @@ uid and gid, reads its granted secret through iron_cage (the inherited
 IRONCAGE_FD channel) and from its credentials file, makes one OpenAI SDK call
 through the gateway with its virtual key, and tries to read the daemon's redb
 file. It prints one line `RESULT {json}` (it cannot write where the test
-runs), then waits to be stopped."""
+runs; the secret as its SHA-256, since the value itself shows masked in its
+logs, as the line `RAW ...` shows), then waits to be stopped."""
 
+import hashlib
 import json
 import os
 import time
@@ -37,9 +39,15 @@ with open(os.path.join(os.environ["IRONCAGE_CREDENTIALS_DIRECTORY"], granted)) a
 client = openai.OpenAI()
 r = client.chat.completions.create(model="gpt-4o-mini", max_tokens=10,
                                    messages=[{"role": "user", "content": "hello from nobody"}])
+def sha256(s):
+    return hashlib.sha256(s.encode()).hexdigest()
+
+
+value = iron_cage.secret(granted)
+print("RAW " + value, flush=True)
 out = ids() | {
-    "secret": iron_cage.secret(granted),
-    "file": from_file,
+    "secret": sha256(value),
+    "file": sha256(from_file),
     "call_tokens": r.usage.total_tokens,
     "redb": try_read(os.environ["REDB"]),
     "home": os.environ.get("HOME"),
