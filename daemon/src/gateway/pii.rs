@@ -6,9 +6,9 @@
 //!
 //! | API | request | answer |
 //! |---|---|---|
-//! | Chat Completions | `messages[].content` (string, parts' `text`, `refusal` parts), `.refusal`, `tool_calls[].function.arguments`, `function_call.arguments` | `choices[].message.content`, `.refusal`, `.tool_calls[].function.arguments`, `.function_call.arguments` |
-//! | Responses | `instructions`, `input` (string, items' `content` / parts' `text` and `refusal`, `reasoning` items' `summary[].text`, `arguments`, `output`) | `output[]` the same way, `output_text` |
-//! | Anthropic Messages | `system`, `messages[].content` (string, `text` blocks, `thinking` blocks' `thinking`, `tool_use.input` (every string), `tool_result.content`, `search_result.content`, `document` blocks' `title`, `context` and text or content `source`) | `content[]` the same way |
+//! | Chat Completions | `messages[].content` (string, parts' `text`, `refusal` parts), `.refusal`, `.reasoning_content`, `tool_calls[].function.arguments`, `function_call.arguments` | `choices[].message.content`, `.refusal`, `.reasoning_content`, `.tool_calls[].function.arguments`, `.function_call.arguments` |
+//! | Responses | `instructions`, `input` (string, items' `content` / parts' `text` and `refusal`, `reasoning` items' `summary[].text`, `arguments`, `custom_tool_call.input`, `output`) | `output[]` the same way, `output_text` |
+//! | Anthropic Messages | `system`, `messages[].content` (string, `text` blocks and their `citations[].cited_text`, `thinking` blocks' `thinking`, `tool_use` / `server_tool_use` / `mcp_tool_use` input (every string), `tool_result` / `mcp_tool_result` / `search_result` content, `document` blocks' `title`, `context` and text or content `source`) | `content[]` the same way |
 //! | Embeddings | `input` (string or strings) | - |
 //!
 //! Actions: `block` answers an error in the provider's shape naming the kinds
@@ -18,15 +18,17 @@
 //! records kinds and spans (field number, byte range), never values.
 //!
 //! Streams ([`StreamFilter`]): each text channel (a choice's content, refusal,
-//! one tool call's or the legacy function call's arguments; one Anthropic
-//! content block's `text_delta`, `thinking_delta` or `input_json_delta`; one
-//! Responses output text, refusal, arguments, reasoning summary or reasoning
-//! text) has its own
+//! `reasoning_content`, one tool call's or the legacy function call's
+//! arguments; one Anthropic content block's `text_delta`, `thinking_delta` or
+//! `input_json_delta`; one Responses output text, refusal, function arguments,
+//! custom tool input, reasoning summary or reasoning text) has its own
 //! [`StreamScanner`](ironcage_shared::pii::StreamScanner), so an entity split
 //! across events is still caught: each delta event is re-serialized carrying
 //! only what is safe to release, and what is held back goes out in an event of
 //! the same shape when its channel ends. A blocked kind ends the stream with an
-//! error event the SDKs raise.
+//! error event the SDKs raise. Whole fields in stream events (Responses
+//! `.done`, part and item events, Anthropic `citations_delta`) are scanned
+//! whole.
 //!
 //! Anthropic `thinking` is scanned like any text: redacting it changes text
 //! its `signature` covers, so the provider may refuse that block when the
@@ -167,8 +169,10 @@ fn all_strings(v: &mut Value, f: &mut Visit<'_>) {
 }
 
 /// A string, or an array of parts/blocks whose `text` is scanned (and
-/// `refusal` parts; for Anthropic blocks, `thinking`, `tool_use.input`,
-/// `tool_result.content`, `search_result.content` and `document`s).
+/// `refusal` parts; for Anthropic blocks, `citations[].cited_text`,
+/// `thinking`, `tool_use` / `server_tool_use` / `mcp_tool_use` input,
+/// `tool_result` / `mcp_tool_result` / `search_result` content and
+/// `document`s).
 fn content(v: Option<&mut Value>, f: &mut Visit<'_>) {
     match v {
         Some(Value::String(s)) => f(s),
@@ -189,13 +193,21 @@ fn block(p: &mut Value, f: &mut Visit<'_>) {
         return;
     };
     text(o.get_mut("text"), f);
+    // Anthropic citations quote the documents they cite.
+    if let Some(Value::Array(cs)) = o.get_mut("citations") {
+        for c in cs {
+            text(c.get_mut("cited_text"), f);
+        }
+    }
     match o.get("type").and_then(Value::as_str) {
-        Some("tool_use") => {
+        Some("tool_use" | "server_tool_use" | "mcp_tool_use") => {
             if let Some(i) = o.get_mut("input") {
                 all_strings(i, f);
             }
         }
-        Some("tool_result" | "search_result") => content(o.get_mut("content"), f),
+        Some("tool_result" | "search_result" | "mcp_tool_result") => {
+            content(o.get_mut("content"), f)
+        }
         // Chat Completions and Responses refusal parts.
         Some("refusal") => text(o.get_mut("refusal"), f),
         // Anthropic visible reasoning, in answers and sent back in requests
@@ -239,6 +251,9 @@ fn responses_item(item: &mut Value, f: &mut Visit<'_>) {
             // `reasoning` items: `summary[].text`.
             content(o.get_mut("summary"), f);
             text(o.get_mut("arguments"), f);
+            if o.get("type").and_then(Value::as_str) == Some("custom_tool_call") {
+                text(o.get_mut("input"), f);
+            }
             match o.get_mut("output") {
                 Some(Value::String(s)) => f(s),
                 Some(Value::Array(parts)) => parts.iter_mut().for_each(|p| block(p, f)),
@@ -260,6 +275,8 @@ pub fn walk_request(api: Api, body: &mut Value, f: &mut Visit<'_>) {
                 for m in msgs {
                     content(m.get_mut("content"), f);
                     text(m.get_mut("refusal"), f);
+                    // OpenAI-compatible reasoning models.
+                    text(m.get_mut("reasoning_content"), f);
                     tool_calls(m.get_mut("tool_calls"), f);
                     text(m.pointer_mut("/function_call/arguments"), f);
                 }
@@ -301,6 +318,7 @@ pub fn walk_response(api: Api, body: &mut Value, f: &mut Visit<'_>) {
                     if let Some(m) = c.get_mut("message") {
                         text(m.get_mut("content"), f);
                         text(m.get_mut("refusal"), f);
+                        text(m.get_mut("reasoning_content"), f);
                         tool_calls(m.get_mut("tool_calls"), f);
                         text(m.pointer_mut("/function_call/arguments"), f);
                     }
@@ -542,6 +560,8 @@ enum Channel {
     ChatRefusal(u64),
     /// Chat: choice `i`'s legacy `function_call.arguments`.
     ChatFunction(u64),
+    /// Chat: choice `i`'s `reasoning_content` (OpenAI-compatible reasoning models).
+    ChatReasoning(u64),
     /// Anthropic: content block `i` (text, thinking or tool input JSON).
     Block(u64),
     /// Responses: output item `i`, content part `j`'s text.
@@ -550,6 +570,8 @@ enum Channel {
     RespRefusal(u64, u64),
     /// Responses: output item `i`'s function call arguments.
     RespArgs(u64),
+    /// Responses: output item `i`'s custom tool call input.
+    RespInput(u64),
     /// Responses: reasoning item `i`, summary part `k`'s text.
     RespSummary(u64, u64),
     /// Responses: reasoning item `i`, content part `j`'s reasoning text.
@@ -563,7 +585,8 @@ impl Channel {
             Channel::ChatContent(i)
             | Channel::ChatTool(i, _)
             | Channel::ChatRefusal(i)
-            | Channel::ChatFunction(i) => Some(*i),
+            | Channel::ChatFunction(i)
+            | Channel::ChatReasoning(i) => Some(*i),
             _ => None,
         }
     }
@@ -811,13 +834,15 @@ impl StreamFilter {
             Channel::ChatContent(i)
             | Channel::ChatTool(i, _)
             | Channel::ChatRefusal(i)
-            | Channel::ChatFunction(i) => {
+            | Channel::ChatFunction(i)
+            | Channel::ChatReasoning(i) => {
                 let mut head = self.chat_head.clone().unwrap_or_default();
                 let delta = match ch {
                     Channel::ChatTool(_, k) => {
                         serde_json::json!({"tool_calls": [{"index": k, "function": {"arguments": tail}}]})
                     }
                     Channel::ChatRefusal(_) => serde_json::json!({"refusal": tail}),
+                    Channel::ChatReasoning(_) => serde_json::json!({"reasoning_content": tail}),
                     Channel::ChatFunction(_) => {
                         serde_json::json!({"function_call": {"arguments": tail}})
                     }
@@ -833,6 +858,7 @@ impl StreamFilter {
             | Channel::RespText(..)
             | Channel::RespRefusal(..)
             | Channel::RespArgs(_)
+            | Channel::RespInput(_)
             | Channel::RespSummary(..)
             | Channel::RespReasoning(..) => {
                 let mut t = template;
@@ -900,6 +926,15 @@ impl StreamFilter {
                 )?;
                 changed = true;
             }
+            if let Some(Value::String(s)) = delta.get_mut("reasoning_content") {
+                *s = self.push(
+                    Channel::ChatReasoning(i),
+                    || Value::Null,
+                    s,
+                    minter.as_deref_mut(),
+                )?;
+                changed = true;
+            }
             if let Some(Value::String(s)) = delta
                 .get_mut("function_call")
                 .and_then(|c| c.get_mut("arguments"))
@@ -940,9 +975,12 @@ impl StreamFilter {
                     }
                     changed = true;
                     match ch {
-                        Channel::ChatContent(_) | Channel::ChatRefusal(_) => {
+                        Channel::ChatContent(_)
+                        | Channel::ChatRefusal(_)
+                        | Channel::ChatReasoning(_) => {
                             let key = match ch {
                                 Channel::ChatRefusal(_) => "refusal",
+                                Channel::ChatReasoning(_) => "reasoning_content",
                                 _ => "content",
                             };
                             let prev = delta.get(key).and_then(Value::as_str).unwrap_or("");
@@ -986,6 +1024,13 @@ impl StreamFilter {
         let ty = v.get("type").and_then(Value::as_str).unwrap_or("");
         let i = v.get("index").and_then(Value::as_u64).unwrap_or(0);
         match ty {
+            "content_block_delta"
+                if v.pointer("/delta/type").and_then(Value::as_str) == Some("citations_delta") =>
+            {
+                // A citation comes whole, in one event.
+                let changed = self.whole(v.pointer_mut("/delta/citation/cited_text"), minter)?;
+                Ok((Vec::new(), changed))
+            }
             "content_block_delta" => {
                 let Some(field) =
                     anthropic_delta_field(v.pointer("/delta/type").and_then(Value::as_str))
@@ -1038,6 +1083,7 @@ impl StreamFilter {
             "response.output_text.delta" => Some(Channel::RespText(out_i, part_j)),
             "response.refusal.delta" => Some(Channel::RespRefusal(out_i, part_j)),
             "response.function_call_arguments.delta" => Some(Channel::RespArgs(out_i)),
+            "response.custom_tool_call_input.delta" => Some(Channel::RespInput(out_i)),
             "response.reasoning_summary_text.delta" => Some(Channel::RespSummary(out_i, sum_k)),
             "response.reasoning_text.delta" => Some(Channel::RespReasoning(out_i, part_j)),
             _ => None,
@@ -1048,6 +1094,7 @@ impl StreamFilter {
             "response.function_call_arguments.done" => {
                 Some((Channel::RespArgs(out_i), "arguments"))
             }
+            "response.custom_tool_call_input.done" => Some((Channel::RespInput(out_i), "input")),
             "response.reasoning_summary_text.done" => {
                 Some((Channel::RespSummary(out_i, sum_k), "text"))
             }
@@ -2279,5 +2326,179 @@ mod tests {
             released(&out, Some("response.reasoning_text.done"), "/text"),
             "mail [EMAIL]"
         );
+    }
+
+    // Fields of OpenAI-compatible reasoning models, custom tools, server
+    // tools and citations.
+
+    #[tokio::test]
+    async fn chat_reasoning_content_is_scanned_in_prompts_and_answers() {
+        let body = json!({"model": "deepseek-reasoner", "messages": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "a", "reasoning_content": "r"}]});
+        prompt_field_is_scanned(Api::ChatCompletions, body, "/messages/1/reasoning_content").await;
+        let body = json!({"choices": [{"index": 0, "finish_reason": "stop",
+            "message": {"role": "assistant", "content": "a", "reasoning_content": "r"}}]});
+        answer_field_is_scanned(
+            Api::ChatCompletions,
+            body,
+            "/choices/0/message/reasoning_content",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn chat_stream_reasoning_content_delta_is_redacted() {
+        let mut f = StreamFilter::new(
+            pii("", "email=redact"),
+            None,
+            agent(),
+            Api::ChatCompletions,
+            ProviderKind::OpenAi,
+        );
+        let out = run(
+            &mut f,
+            vec![
+                chat_delta(json!({"reasoning_content": "They are jane"}), None),
+                chat_delta(json!({"reasoning_content": ".doe@example.com"}), None),
+                chat_delta(json!({"content": "ok"}), None),
+                chat_delta(json!({}), Some("stop")),
+            ],
+        )
+        .await
+        .unwrap();
+        assert!(!all_text(&out).contains("jane"), "{}", all_text(&out));
+        assert_eq!(
+            released(&out, None, "/choices/0/delta/reasoning_content"),
+            "They are [EMAIL]"
+        );
+        assert_eq!(released(&out, None, "/choices/0/delta/content"), "ok");
+    }
+
+    #[tokio::test]
+    async fn responses_custom_tool_call_input_is_scanned() {
+        let body = json!({"model": "gpt-5", "input": [
+            {"role": "user", "content": "q"},
+            {"type": "custom_tool_call", "call_id": "c", "name": "sql", "input": "i"},
+            {"type": "custom_tool_call_output", "call_id": "c", "output": "o"}]});
+        prompt_field_is_scanned(Api::Responses, body.clone(), "/input/1/input").await;
+        prompt_field_is_scanned(Api::Responses, body, "/input/2/output").await;
+        let body = json!({"output": [{"type": "custom_tool_call", "call_id": "c", "name": "sql", "input": "i"}]});
+        answer_field_is_scanned(Api::Responses, body, "/output/0/input").await;
+    }
+
+    #[tokio::test]
+    async fn responses_stream_custom_tool_call_input_delta_is_redacted() {
+        let mut f = StreamFilter::new(
+            pii("", "email=redact"),
+            None,
+            agent(),
+            Api::Responses,
+            ProviderKind::OpenAi,
+        );
+        let full = "SELECT * WHERE mail = 'jane.doe@example.com'";
+        let d = |t: &str| {
+            responses_ev(
+                json!({"type": "response.custom_tool_call_input.delta", "item_id": "ct",
+                "output_index": 0, "delta": t}),
+            )
+        };
+        let out = run(
+            &mut f,
+            vec![
+                d("SELECT * WHERE mail = 'jane.d"),
+                d("oe@example.com'"),
+                responses_ev(json!({"type": "response.custom_tool_call_input.done", "item_id": "ct",
+                    "output_index": 0, "input": full})),
+                responses_ev(json!({"type": "response.output_item.done", "output_index": 0,
+                    "item": {"type": "custom_tool_call", "call_id": "c", "name": "sql", "input": full}})),
+            ],
+        )
+        .await
+        .unwrap();
+        assert!(!all_text(&out).contains("jane"), "{}", all_text(&out));
+        let want = "SELECT * WHERE mail = '[EMAIL]'";
+        assert_eq!(
+            released(
+                &out,
+                Some("response.custom_tool_call_input.delta"),
+                "/delta"
+            ),
+            want
+        );
+        assert_eq!(
+            released(&out, Some("response.custom_tool_call_input.done"), "/input"),
+            want
+        );
+        assert_eq!(
+            released(&out, Some("response.output_item.done"), "/item/input"),
+            want
+        );
+    }
+
+    #[tokio::test]
+    async fn anthropic_server_and_mcp_tool_blocks_are_scanned() {
+        let body = json!({"model": "claude", "messages": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": [
+                {"type": "server_tool_use", "id": "s", "name": "web_search", "input": {"query": "q"}},
+                {"type": "mcp_tool_use", "id": "m", "name": "crm", "server_name": "crm", "input": {"who": "w"}},
+                {"type": "mcp_tool_result", "tool_use_id": "m", "is_error": false,
+                 "content": [{"type": "text", "text": "r"}]}]}]});
+        for at in [
+            "/messages/1/content/0/input/query",
+            "/messages/1/content/1/input/who",
+            "/messages/1/content/2/content/0/text",
+        ] {
+            prompt_field_is_scanned(Api::AnthropicMessages, body.clone(), at).await;
+        }
+        let body = json!({"content": [
+            {"type": "server_tool_use", "id": "s", "name": "web_search", "input": {"query": "q"}},
+            {"type": "text", "text": "t"}]});
+        answer_field_is_scanned(Api::AnthropicMessages, body, "/content/0/input/query").await;
+    }
+
+    #[tokio::test]
+    async fn anthropic_citations_cited_text_is_scanned() {
+        let body = json!({"content": [{"type": "text", "text": "As noted,", "citations": [
+            {"type": "char_location", "cited_text": "c", "document_index": 0,
+             "document_title": "Notes", "start_char_index": 0, "end_char_index": 9}]}]});
+        answer_field_is_scanned(
+            Api::AnthropicMessages,
+            body,
+            "/content/0/citations/0/cited_text",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn anthropic_stream_citations_delta_is_redacted() {
+        let mut f = StreamFilter::new(
+            pii("", "email=redact"),
+            None,
+            agent(),
+            Api::AnthropicMessages,
+            ProviderKind::Anthropic,
+        );
+        let out = run(
+            &mut f,
+            vec![
+                anthropic_ev(json!({"type": "content_block_delta", "index": 0, "delta": {
+                    "type": "citations_delta", "citation": {"type": "char_location",
+                        "cited_text": "write to jane.doe@example.com", "document_index": 0,
+                        "document_title": "Notes", "start_char_index": 0, "end_char_index": 29}}})),
+                anthropic_ev(json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "text_delta", "text": "As noted."}})),
+                anthropic_ev(json!({"type": "content_block_stop", "index": 0})),
+            ],
+        )
+        .await
+        .unwrap();
+        assert!(!all_text(&out).contains("jane"), "{}", all_text(&out));
+        assert_eq!(
+            released(&out, None, "/delta/citation/cited_text"),
+            "write to [EMAIL]"
+        );
+        assert_eq!(released(&out, None, "/delta/text"), "As noted.");
     }
 }
