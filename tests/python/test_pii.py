@@ -149,6 +149,51 @@ def test_tool_call_history_and_streamed_answer_are_both_redacted(cage, mock):
     assert json.loads(body["messages"][1]["tool_calls"][0]["function"]["arguments"]) == {"to": "[EMAIL]"}
 
 
+def test_anthropic_thinking_and_documents_are_scanned_both_ways(cage, mock):
+    # Answers: the model's visible reasoning (a thinking block, plain and
+    # streamed in small pieces) passes the output policy like its text.
+    thinking = {"x-mock-thinking": f"The user is {EMAIL}.", "x-mock-reply-chunk": "3"}
+    secret = {"x-mock-thinking": f"use {OPENAI_KEY} here", "x-mock-reply-chunk": "4"}
+    # Requests: thinking sent back in the history and a plain-text document.
+    history = [
+        {"role": "user", "content": [
+            {"type": "document", "title": "Notes",
+             "source": {"type": "text", "media_type": "text/plain", "data": f"h1 contact {EMAIL}"}},
+            {"type": "text", "text": "h1 summarise"}]},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": f"h1 they wrote from {EMAIL}", "signature": "EqQBmock"},
+            {"type": "text", "text": "Done."}]},
+        {"role": "user", "content": "h1 thanks"},
+    ]
+    plan = [
+        {"kind": "messages", "messages": user("k1"), "headers": thinking},
+        {"kind": "messages", "stream": True, "messages": user("k2"), "headers": thinking},
+        {"kind": "messages", "stream": True, "messages": user("k3"), "headers": secret},
+        {"kind": "messages", "messages": user("k4"), "headers": secret},
+        {"kind": "messages", "messages": history},
+    ]
+    steps = run(cage, "k", plan, {"prompt": {"email": "redact"},
+                                  "output": {"email": "redact", "secrets": "block"}})
+    want = "The user is [EMAIL]."
+    assert steps[0]["ok"] and steps[0]["thinking"] == want, steps[0]
+    assert steps[1]["ok"] and steps[1]["thinking"] == want, steps[1]
+    assert steps[1]["final_thinking"] == want, steps[1]
+    assert steps[0]["text"] and steps[1]["text"], steps[:2]
+    s = steps[2]
+    assert not s["ok"] and "openai_key" in s["message"] and OPENAI_KEY not in s["message"], s
+    s = steps[3]
+    assert (s["ok"], s["status"]) == (False, 422), s
+    assert "openai_key" in s["message"] and OPENAI_KEY not in s["message"], s
+
+    assert steps[4]["ok"], steps[4]
+    body = only(mock, "h1 summarise")
+    assert body["messages"][0]["content"][0]["source"]["data"] == "h1 contact [EMAIL]"
+    assert body["messages"][1]["content"][0] == {
+        "type": "thinking", "thinking": "h1 they wrote from [EMAIL]", "signature": "EqQBmock"}
+    log = cage.read_log()
+    assert EMAIL not in log and OPENAI_KEY not in log
+
+
 def test_scanning_that_cannot_complete_blocks_the_call(cage, mock):
     # Reversible tokens with a damaged key file: the email cannot be tokenized,
     # so the call is blocked (fail closed) and nothing reaches the provider.

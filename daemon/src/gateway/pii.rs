@@ -6,9 +6,9 @@
 //!
 //! | API | request | answer |
 //! |---|---|---|
-//! | Chat Completions | `messages[].content` (string or parts' `text`), `tool_calls[].function.arguments`, `function_call.arguments` | `choices[].message.content`, `.refusal`, `.tool_calls[].function.arguments` |
-//! | Responses | `instructions`, `input` (string, items' `content` / parts' `text`, `arguments`, `output`) | `output[]` the same way |
-//! | Anthropic Messages | `system`, `messages[].content` (string, `text` blocks, `tool_use.input` (every string), `tool_result.content`) | `content[]` the same way |
+//! | Chat Completions | `messages[].content` (string, parts' `text`, `refusal` parts), `.refusal`, `.reasoning_content`, `tool_calls[].function.arguments`, `function_call.arguments` | `choices[].message.content`, `.refusal`, `.reasoning_content`, `.tool_calls[].function.arguments`, `.function_call.arguments` |
+//! | Responses | `instructions`, `input` (string, items' `content` / parts' `text` and `refusal`, `reasoning` items' `summary[].text`, `arguments`, `custom_tool_call.input`, `output`) | `output[]` the same way, `output_text` |
+//! | Anthropic Messages | `system`, `messages[].content` (string, `text` blocks and their `citations[].cited_text`, `thinking` blocks' `thinking`, `tool_use` / `server_tool_use` / `mcp_tool_use` input (every string), `tool_result` / `mcp_tool_result` / `search_result` content, `document` blocks' `title`, `context` and text or content `source`) | `content[]` the same way |
 //! | Embeddings | `input` (string or strings) | - |
 //!
 //! Actions: `block` answers an error in the provider's shape naming the kinds
@@ -17,13 +17,23 @@
 //! or reversible token, the tokens stored before the text is released); `log`
 //! records kinds and spans (field number, byte range), never values.
 //!
-//! Streams ([`StreamFilter`]): each text channel (a choice's content, one tool
-//! call's arguments, one content block) has its own
+//! Streams ([`StreamFilter`]): each text channel (a choice's content, refusal,
+//! `reasoning_content`, one tool call's or the legacy function call's
+//! arguments; one Anthropic content block's `text_delta`, `thinking_delta` or
+//! `input_json_delta`; one Responses output text, refusal, function arguments,
+//! custom tool input, reasoning summary or reasoning text) has its own
 //! [`StreamScanner`](ironcage_shared::pii::StreamScanner), so an entity split
 //! across events is still caught: each delta event is re-serialized carrying
 //! only what is safe to release, and what is held back goes out in an event of
 //! the same shape when its channel ends. A blocked kind ends the stream with an
-//! error event the SDKs raise.
+//! error event the SDKs raise. Whole fields in stream events (Responses
+//! `.done`, part and item events, Anthropic `citations_delta`) are scanned
+//! whole.
+//!
+//! Anthropic `thinking` is scanned like any text: redacting it changes text
+//! its `signature` covers, so the provider may refuse that block when the
+//! agent sends it back; `block` or a policy that allows the kind avoids that.
+//! `redacted_thinking`, `signature` and `encrypted_content` are opaque.
 //!
 //! Fail closed: a body that cannot be parsed where a policy applies, a token
 //! that cannot be stored, or any redaction error blocks the call.
@@ -158,8 +168,11 @@ fn all_strings(v: &mut Value, f: &mut Visit<'_>) {
     }
 }
 
-/// A string, or an array of parts/blocks whose `text` is scanned (and, for
-/// Anthropic blocks, `tool_use.input` and `tool_result.content`).
+/// A string, or an array of parts/blocks whose `text` is scanned (and
+/// `refusal` parts; for Anthropic blocks, `citations[].cited_text`,
+/// `thinking`, `tool_use` / `server_tool_use` / `mcp_tool_use` input,
+/// `tool_result` / `mcp_tool_result` / `search_result` content and
+/// `document`s).
 fn content(v: Option<&mut Value>, f: &mut Visit<'_>) {
     match v {
         Some(Value::String(s)) => f(s),
@@ -180,13 +193,43 @@ fn block(p: &mut Value, f: &mut Visit<'_>) {
         return;
     };
     text(o.get_mut("text"), f);
+    // Anthropic citations quote the documents they cite.
+    if let Some(Value::Array(cs)) = o.get_mut("citations") {
+        for c in cs {
+            text(c.get_mut("cited_text"), f);
+        }
+    }
     match o.get("type").and_then(Value::as_str) {
-        Some("tool_use") => {
+        Some("tool_use" | "server_tool_use" | "mcp_tool_use") => {
             if let Some(i) = o.get_mut("input") {
                 all_strings(i, f);
             }
         }
-        Some("tool_result") => content(o.get_mut("content"), f),
+        Some("tool_result" | "search_result" | "mcp_tool_result") => {
+            content(o.get_mut("content"), f)
+        }
+        // Chat Completions and Responses refusal parts.
+        Some("refusal") => text(o.get_mut("refusal"), f),
+        // Anthropic visible reasoning, in answers and sent back in requests
+        // (`redacted_thinking.data` is opaque and left alone).
+        Some("thinking") => text(o.get_mut("thinking"), f),
+        Some("document") => document(o, f),
+        _ => {}
+    }
+}
+
+/// An Anthropic `document` block: its `title`, `context` and a plain-text
+/// (`source.type: text`, `data`) or custom-content (`source.type: content`)
+/// source. PDF (base64), URL and file sources carry no text here.
+fn document(o: &mut Map<String, Value>, f: &mut Visit<'_>) {
+    text(o.get_mut("title"), f);
+    text(o.get_mut("context"), f);
+    let Some(src) = o.get_mut("source").and_then(Value::as_object_mut) else {
+        return;
+    };
+    match src.get("type").and_then(Value::as_str) {
+        Some("text") => text(src.get_mut("data"), f),
+        Some("content") => content(src.get_mut("content"), f),
         _ => {}
     }
 }
@@ -205,7 +248,12 @@ fn responses_item(item: &mut Value, f: &mut Visit<'_>) {
         Value::String(s) => f(s),
         Value::Object(o) => {
             content(o.get_mut("content"), f);
+            // `reasoning` items: `summary[].text`.
+            content(o.get_mut("summary"), f);
             text(o.get_mut("arguments"), f);
+            if o.get("type").and_then(Value::as_str) == Some("custom_tool_call") {
+                text(o.get_mut("input"), f);
+            }
             match o.get_mut("output") {
                 Some(Value::String(s)) => f(s),
                 Some(Value::Array(parts)) => parts.iter_mut().for_each(|p| block(p, f)),
@@ -226,6 +274,9 @@ pub fn walk_request(api: Api, body: &mut Value, f: &mut Visit<'_>) {
             if let Some(Value::Array(msgs)) = o.get_mut("messages") {
                 for m in msgs {
                     content(m.get_mut("content"), f);
+                    text(m.get_mut("refusal"), f);
+                    // OpenAI-compatible reasoning models.
+                    text(m.get_mut("reasoning_content"), f);
                     tool_calls(m.get_mut("tool_calls"), f);
                     text(m.pointer_mut("/function_call/arguments"), f);
                 }
@@ -267,6 +318,7 @@ pub fn walk_response(api: Api, body: &mut Value, f: &mut Visit<'_>) {
                     if let Some(m) = c.get_mut("message") {
                         text(m.get_mut("content"), f);
                         text(m.get_mut("refusal"), f);
+                        text(m.get_mut("reasoning_content"), f);
                         tool_calls(m.get_mut("tool_calls"), f);
                         text(m.pointer_mut("/function_call/arguments"), f);
                     }
@@ -504,12 +556,40 @@ enum Channel {
     ChatContent(u64),
     /// Chat: choice `i`, tool call `k`'s arguments.
     ChatTool(u64, u64),
-    /// Anthropic: content block `i` (text or tool input JSON).
+    /// Chat: choice `i`'s refusal.
+    ChatRefusal(u64),
+    /// Chat: choice `i`'s legacy `function_call.arguments`.
+    ChatFunction(u64),
+    /// Chat: choice `i`'s `reasoning_content` (OpenAI-compatible reasoning models).
+    ChatReasoning(u64),
+    /// Anthropic: content block `i` (text, thinking or tool input JSON).
     Block(u64),
     /// Responses: output item `i`, content part `j`'s text.
     RespText(u64, u64),
+    /// Responses: output item `i`, content part `j`'s refusal.
+    RespRefusal(u64, u64),
     /// Responses: output item `i`'s function call arguments.
     RespArgs(u64),
+    /// Responses: output item `i`'s custom tool call input.
+    RespInput(u64),
+    /// Responses: reasoning item `i`, summary part `k`'s text.
+    RespSummary(u64, u64),
+    /// Responses: reasoning item `i`, content part `j`'s reasoning text.
+    RespReasoning(u64, u64),
+}
+
+impl Channel {
+    /// Chat: the choice this channel belongs to.
+    fn chat_choice(&self) -> Option<u64> {
+        match self {
+            Channel::ChatContent(i)
+            | Channel::ChatTool(i, _)
+            | Channel::ChatRefusal(i)
+            | Channel::ChatFunction(i)
+            | Channel::ChatReasoning(i) => Some(*i),
+            _ => None,
+        }
+    }
 }
 
 struct ChannelState {
@@ -751,11 +831,20 @@ impl StreamFilter {
     /// A delta event carrying `tail` for `ch`.
     fn synthesize(&self, ch: &Channel, template: Value, tail: String) -> Option<Bytes> {
         match ch {
-            Channel::ChatContent(i) | Channel::ChatTool(i, _) => {
+            Channel::ChatContent(i)
+            | Channel::ChatTool(i, _)
+            | Channel::ChatRefusal(i)
+            | Channel::ChatFunction(i)
+            | Channel::ChatReasoning(i) => {
                 let mut head = self.chat_head.clone().unwrap_or_default();
                 let delta = match ch {
                     Channel::ChatTool(_, k) => {
                         serde_json::json!({"tool_calls": [{"index": k, "function": {"arguments": tail}}]})
+                    }
+                    Channel::ChatRefusal(_) => serde_json::json!({"refusal": tail}),
+                    Channel::ChatReasoning(_) => serde_json::json!({"reasoning_content": tail}),
+                    Channel::ChatFunction(_) => {
+                        serde_json::json!({"function_call": {"arguments": tail}})
                     }
                     _ => serde_json::json!({"content": tail}),
                 };
@@ -765,17 +854,18 @@ impl StreamFilter {
                 );
                 Some(encode(None, &Value::Object(head)))
             }
-            Channel::Block(_) | Channel::RespText(..) | Channel::RespArgs(_) => {
+            Channel::Block(_)
+            | Channel::RespText(..)
+            | Channel::RespRefusal(..)
+            | Channel::RespArgs(_)
+            | Channel::RespInput(_)
+            | Channel::RespSummary(..)
+            | Channel::RespReasoning(..) => {
                 let mut t = template;
                 let field = match ch {
                     Channel::Block(_) => {
-                        if t.pointer("/delta/type").and_then(Value::as_str)
-                            == Some("input_json_delta")
-                        {
-                            "/delta/partial_json"
-                        } else {
-                            "/delta/text"
-                        }
+                        anthropic_delta_field(t.pointer("/delta/type").and_then(Value::as_str))
+                            .unwrap_or("/delta/text")
                     }
                     _ => "/delta",
                 };
@@ -827,6 +917,36 @@ impl StreamFilter {
                 )?;
                 changed = true;
             }
+            if let Some(Value::String(s)) = delta.get_mut("refusal") {
+                *s = self.push(
+                    Channel::ChatRefusal(i),
+                    || Value::Null,
+                    s,
+                    minter.as_deref_mut(),
+                )?;
+                changed = true;
+            }
+            if let Some(Value::String(s)) = delta.get_mut("reasoning_content") {
+                *s = self.push(
+                    Channel::ChatReasoning(i),
+                    || Value::Null,
+                    s,
+                    minter.as_deref_mut(),
+                )?;
+                changed = true;
+            }
+            if let Some(Value::String(s)) = delta
+                .get_mut("function_call")
+                .and_then(|c| c.get_mut("arguments"))
+            {
+                *s = self.push(
+                    Channel::ChatFunction(i),
+                    || Value::Null,
+                    s,
+                    minter.as_deref_mut(),
+                )?;
+                changed = true;
+            }
             if let Some(Value::Array(calls)) = delta.get_mut("tool_calls") {
                 for call in calls.iter_mut() {
                     let k = call.get("index").and_then(Value::as_u64).unwrap_or(0);
@@ -845,7 +965,7 @@ impl StreamFilter {
                 let mine: Vec<Channel> = self
                     .order
                     .iter()
-                    .filter(|ch| matches!(ch, Channel::ChatContent(x) | Channel::ChatTool(x, _) if *x == i))
+                    .filter(|ch| ch.chat_choice() == Some(i))
                     .cloned()
                     .collect();
                 for ch in mine {
@@ -855,10 +975,28 @@ impl StreamFilter {
                     }
                     changed = true;
                     match ch {
-                        Channel::ChatContent(_) => {
-                            let prev = delta.get("content").and_then(Value::as_str).unwrap_or("");
+                        Channel::ChatContent(_)
+                        | Channel::ChatRefusal(_)
+                        | Channel::ChatReasoning(_) => {
+                            let key = match ch {
+                                Channel::ChatRefusal(_) => "refusal",
+                                Channel::ChatReasoning(_) => "reasoning_content",
+                                _ => "content",
+                            };
+                            let prev = delta.get(key).and_then(Value::as_str).unwrap_or("");
                             let joined = format!("{prev}{tail}");
-                            delta.insert("content".into(), Value::String(joined));
+                            delta.insert(key.into(), Value::String(joined));
+                        }
+                        Channel::ChatFunction(_) => {
+                            let call = delta
+                                .entry("function_call")
+                                .or_insert_with(|| Value::Object(Map::new()));
+                            if let Some(call) = call.as_object_mut() {
+                                let prev =
+                                    call.get("arguments").and_then(Value::as_str).unwrap_or("");
+                                let joined = format!("{prev}{tail}");
+                                call.insert("arguments".into(), Value::String(joined));
+                            }
                         }
                         Channel::ChatTool(_, k) => {
                             let calls = delta
@@ -876,7 +1014,7 @@ impl StreamFilter {
         Ok((Vec::new(), changed))
     }
 
-    /// Anthropic: `content_block_delta` text and tool input JSON; a block's tail
+    /// Anthropic: `content_block_delta` text, thinking and tool input JSON; a block's tail
     /// goes out in a delta just before its `content_block_stop`.
     fn anthropic(
         &mut self,
@@ -886,11 +1024,18 @@ impl StreamFilter {
         let ty = v.get("type").and_then(Value::as_str).unwrap_or("");
         let i = v.get("index").and_then(Value::as_u64).unwrap_or(0);
         match ty {
+            "content_block_delta"
+                if v.pointer("/delta/type").and_then(Value::as_str) == Some("citations_delta") =>
+            {
+                // A citation comes whole, in one event.
+                let changed = self.whole(v.pointer_mut("/delta/citation/cited_text"), minter)?;
+                Ok((Vec::new(), changed))
+            }
             "content_block_delta" => {
-                let field = match v.pointer("/delta/type").and_then(Value::as_str) {
-                    Some("text_delta") => "/delta/text",
-                    Some("input_json_delta") => "/delta/partial_json",
-                    _ => return Ok((Vec::new(), false)),
+                let Some(field) =
+                    anthropic_delta_field(v.pointer("/delta/type").and_then(Value::as_str))
+                else {
+                    return Ok((Vec::new(), false));
                 };
                 let mut template = v.clone();
                 let Some(Value::String(s)) = v.pointer_mut(field) else {
@@ -918,8 +1063,9 @@ impl StreamFilter {
         }
     }
 
-    /// Responses: text and argument deltas through the channel scanners; the
-    /// `.done` events (which repeat the whole text) are scanned whole.
+    /// Responses: text, refusal, argument and reasoning (summary) deltas
+    /// through the channel scanners; the `.done` events (which repeat the
+    /// whole text) are scanned whole.
     fn responses(
         &mut self,
         v: &mut Value,
@@ -932,65 +1078,86 @@ impl StreamFilter {
             .to_owned();
         let out_i = v.get("output_index").and_then(Value::as_u64).unwrap_or(0);
         let part_j = v.get("content_index").and_then(Value::as_u64).unwrap_or(0);
-        match ty.as_str() {
-            "response.output_text.delta" | "response.function_call_arguments.delta" => {
-                let ch = if ty == "response.output_text.delta" {
-                    Channel::RespText(out_i, part_j)
-                } else {
-                    Channel::RespArgs(out_i)
-                };
-                let mut template = v.clone();
-                if let Some(t) = template.get_mut("delta") {
-                    *t = Value::String(String::new());
+        let sum_k = v.get("summary_index").and_then(Value::as_u64).unwrap_or(0);
+        let delta_channel = match ty.as_str() {
+            "response.output_text.delta" => Some(Channel::RespText(out_i, part_j)),
+            "response.refusal.delta" => Some(Channel::RespRefusal(out_i, part_j)),
+            "response.function_call_arguments.delta" => Some(Channel::RespArgs(out_i)),
+            "response.custom_tool_call_input.delta" => Some(Channel::RespInput(out_i)),
+            "response.reasoning_summary_text.delta" => Some(Channel::RespSummary(out_i, sum_k)),
+            "response.reasoning_text.delta" => Some(Channel::RespReasoning(out_i, part_j)),
+            _ => None,
+        };
+        let done = match ty.as_str() {
+            "response.output_text.done" => Some((Channel::RespText(out_i, part_j), "text")),
+            "response.refusal.done" => Some((Channel::RespRefusal(out_i, part_j), "refusal")),
+            "response.function_call_arguments.done" => {
+                Some((Channel::RespArgs(out_i), "arguments"))
+            }
+            "response.custom_tool_call_input.done" => Some((Channel::RespInput(out_i), "input")),
+            "response.reasoning_summary_text.done" => {
+                Some((Channel::RespSummary(out_i, sum_k), "text"))
+            }
+            "response.reasoning_text.done" => Some((Channel::RespReasoning(out_i, part_j), "text")),
+            _ => None,
+        };
+        if let Some(ch) = delta_channel {
+            let mut template = v.clone();
+            if let Some(t) = template.get_mut("delta") {
+                *t = Value::String(String::new());
+            }
+            let Some(Value::String(s)) = v.get_mut("delta") else {
+                return Ok((Vec::new(), false));
+            };
+            *s = self.push(ch, || template, s, minter)?;
+            Ok((Vec::new(), true))
+        } else if let Some((ch, field)) = done {
+            let (tail, template) = self.end(&ch, minter.as_deref_mut())?;
+            let before: Vec<Bytes> = if tail.is_empty() || self.passive {
+                Vec::new()
+            } else {
+                self.synthesize(&ch, template, tail).into_iter().collect()
+            };
+            let changed = self.whole(v.get_mut(field), minter)?;
+            Ok((before, changed))
+        } else {
+            match ty.as_str() {
+                "response.content_part.done"
+                | "response.content_part.added"
+                | "response.reasoning_summary_part.done"
+                | "response.reasoning_summary_part.added" => {
+                    let mut changed =
+                        self.whole(v.pointer_mut("/part/text"), minter.as_deref_mut())?;
+                    changed |= self.whole(v.pointer_mut("/part/refusal"), minter)?;
+                    Ok((Vec::new(), changed))
                 }
-                let Some(Value::String(s)) = v.get_mut("delta") else {
-                    return Ok((Vec::new(), false));
-                };
-                *s = self.push(ch, || template, s, minter)?;
-                Ok((Vec::new(), true))
-            }
-            "response.output_text.done" | "response.function_call_arguments.done" => {
-                let (ch, field) = if ty == "response.output_text.done" {
-                    (Channel::RespText(out_i, part_j), "text")
-                } else {
-                    (Channel::RespArgs(out_i), "arguments")
-                };
-                let (tail, template) = self.end(&ch, minter.as_deref_mut())?;
-                let before: Vec<Bytes> = if tail.is_empty() || self.passive {
-                    Vec::new()
-                } else {
-                    self.synthesize(&ch, template, tail).into_iter().collect()
-                };
-                let changed = self.whole(v.get_mut(field), minter)?;
-                Ok((before, changed))
-            }
-            "response.content_part.done" | "response.content_part.added" => {
-                let changed = self.whole(v.pointer_mut("/part/text"), minter)?;
-                Ok((Vec::new(), changed))
-            }
-            "response.output_item.done" | "response.output_item.added" => {
-                let mut changed = false;
-                if let Some(item) = v.get_mut("item") {
-                    changed = self.whole_all(item, minter)?;
-                }
-                Ok((Vec::new(), changed))
-            }
-            "response.completed" | "response.incomplete" | "response.failed" | "response.done" => {
-                let changed = match v.get_mut("response") {
-                    Some(r) => {
-                        let mut changed = false;
-                        if let Some(Value::Array(items)) = r.get_mut("output") {
-                            for item in items.iter_mut() {
-                                changed |= self.whole_all(item, minter.as_deref_mut())?;
-                            }
-                        }
-                        changed
+                "response.output_item.done" | "response.output_item.added" => {
+                    let mut changed = false;
+                    if let Some(item) = v.get_mut("item") {
+                        changed = self.whole_all(item, minter)?;
                     }
-                    None => false,
-                };
-                Ok((Vec::new(), changed))
+                    Ok((Vec::new(), changed))
+                }
+                "response.completed"
+                | "response.incomplete"
+                | "response.failed"
+                | "response.done" => {
+                    let changed = match v.get_mut("response") {
+                        Some(r) => {
+                            let mut changed = false;
+                            if let Some(Value::Array(items)) = r.get_mut("output") {
+                                for item in items.iter_mut() {
+                                    changed |= self.whole_all(item, minter.as_deref_mut())?;
+                                }
+                            }
+                            changed
+                        }
+                        None => false,
+                    };
+                    Ok((Vec::new(), changed))
+                }
+                _ => Ok((Vec::new(), false)),
             }
-            _ => Ok((Vec::new(), false)),
         }
     }
 
@@ -1062,6 +1229,17 @@ impl StreamFilter {
             Some(e) => Err(e),
             None => Ok(changed),
         }
+    }
+}
+
+/// The streamed text field of an Anthropic `content_block_delta` of this
+/// type (`signature_delta` and `citations_delta` are not streamed text).
+fn anthropic_delta_field(ty: Option<&str>) -> Option<&'static str> {
+    match ty {
+        Some("text_delta") => Some("/delta/text"),
+        Some("input_json_delta") => Some("/delta/partial_json"),
+        Some("thinking_delta") => Some("/delta/thinking"),
+        _ => None,
     }
 }
 
@@ -1570,5 +1748,757 @@ mod tests {
             .unwrap_err();
         let e = String::from_utf8_lossy(&e).into_owned();
         assert!(e.contains("pii_scan_failed"), "{e}");
+    }
+
+    // -----------------------------------------------------------------------
+    // Fields that carry model- or user-written text beyond plain content.
+    // -----------------------------------------------------------------------
+
+    const PLANTED_KEY: &str = "sk-proj-Q2x9Lm4Tz8Kp1Rw7Yb3Nc6Vd5Fg0Hj2Kl4Mn6Pq8Rs";
+
+    /// `body` with `see {what} now` at `at`.
+    fn plant(body: &Value, at: &str, what: &str) -> Value {
+        let mut b = body.clone();
+        *b.pointer_mut(at)
+            .unwrap_or_else(|| panic!("{at} is not in the test body")) =
+            Value::String(format!("see {what} now"));
+        b
+    }
+
+    /// A prompt with an email planted at `at` is redacted there and nowhere
+    /// else (same shape); one with an API key there is blocked, untouched.
+    async fn prompt_field_is_scanned(api: Api, body: Value, at: &str) {
+        let p = pii("email=redact, secrets=block", "");
+        let walk = move |b: &mut Value, f: &mut Visit<'_>| walk_request(api, b, f);
+        let mut b = plant(&body, at, "jane.doe@example.com");
+        let rewritten = apply_body(&p, None, &agent(), Direction::Prompt, &mut b, walk)
+            .await
+            .unwrap();
+        assert!(rewritten, "{at}: the email was not seen");
+        assert_eq!(b, plant(&body, at, "[EMAIL]"), "{at}");
+
+        let mut b = plant(&body, at, PLANTED_KEY);
+        let before = b.clone();
+        let e = apply_body(&p, None, &agent(), Direction::Prompt, &mut b, walk)
+            .await
+            .expect_err(at);
+        assert!(
+            matches!(&e, Refused::Blocked(k) if k == &[Kind::OpenAiKey]),
+            "{at}: {e:?}"
+        );
+        assert_eq!(b, before, "{at}: a blocked body is not rewritten");
+    }
+
+    /// The same for a non-streamed answer, through the bytes path.
+    async fn answer_field_is_scanned(api: Api, body: Value, at: &str) {
+        let p = pii("", "email=redact, secrets=block");
+        let raw = serde_json::to_vec(&plant(&body, at, "jane.doe@example.com")).unwrap();
+        let out = filter_answer(&p, None, &agent(), api, &raw)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{at}: the email was not seen"));
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v, plant(&body, at, "[EMAIL]"), "{at}");
+
+        let raw = serde_json::to_vec(&plant(&body, at, PLANTED_KEY)).unwrap();
+        let e = filter_answer(&p, None, &agent(), api, &raw)
+            .await
+            .expect_err(at);
+        assert!(
+            matches!(&e, Refused::Blocked(k) if k == &[Kind::OpenAiKey]),
+            "{at}: {e:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn anthropic_prompt_document_text_source_is_scanned() {
+        let body = json!({"model": "claude", "messages": [{"role": "user", "content": [
+            {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x"},
+             "title": "Notes", "citations": {"enabled": true}},
+            {"type": "text", "text": "Summarise."}]}]});
+        prompt_field_is_scanned(
+            Api::AnthropicMessages,
+            body,
+            "/messages/0/content/0/source/data",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn anthropic_prompt_document_content_source_title_and_context_are_scanned() {
+        let body = json!({"model": "claude", "messages": [{"role": "user", "content": [
+            {"type": "document", "title": "t", "context": "c",
+             "source": {"type": "content", "content": [{"type": "text", "text": "chunk"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBO"}}]}},
+            {"type": "document", "source": {"type": "content", "content": "whole"}},
+            {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0"}}]}]});
+        for at in [
+            "/messages/0/content/0/source/content/0/text",
+            "/messages/0/content/0/title",
+            "/messages/0/content/0/context",
+            "/messages/0/content/1/source/content",
+        ] {
+            prompt_field_is_scanned(Api::AnthropicMessages, body.clone(), at).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn anthropic_prompt_thinking_sent_back_is_scanned() {
+        let body = json!({"model": "claude", "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "t", "signature": "EqQB"},
+                {"type": "redacted_thinking", "data": "EmwKAhgB"},
+                {"type": "tool_use", "id": "t1", "name": "f", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}]}]});
+        prompt_field_is_scanned(
+            Api::AnthropicMessages,
+            body,
+            "/messages/1/content/0/thinking",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn anthropic_prompt_search_result_content_is_scanned() {
+        let body = json!({"model": "claude", "messages": [{"role": "user", "content": [
+            {"type": "search_result", "source": "https://x.invalid/kb", "title": "KB",
+             "content": [{"type": "text", "text": "r"}]}]}]});
+        prompt_field_is_scanned(
+            Api::AnthropicMessages,
+            body,
+            "/messages/0/content/0/content/0/text",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn chat_prompt_refusals_are_scanned() {
+        let body = json!({"model": "gpt-4o", "messages": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": null, "refusal": "r"},
+            {"role": "assistant", "content": [{"type": "refusal", "refusal": "r"}]}]});
+        prompt_field_is_scanned(Api::ChatCompletions, body.clone(), "/messages/1/refusal").await;
+        prompt_field_is_scanned(Api::ChatCompletions, body, "/messages/2/content/0/refusal").await;
+    }
+
+    #[tokio::test]
+    async fn responses_prompt_reasoning_summary_and_refusal_parts_are_scanned() {
+        let body = json!({"model": "o4-mini", "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "q"}]},
+            {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "s"}],
+             "encrypted_content": "gAAAA"},
+            {"type": "message", "role": "assistant", "content": [
+                {"type": "output_text", "text": "o", "annotations": []},
+                {"type": "refusal", "refusal": "r"}]},
+            {"type": "function_call_output", "call_id": "c", "output": "out"}]});
+        for at in [
+            "/input/1/summary/0/text",
+            "/input/2/content/1/refusal",
+            "/input/2/content/0/text",
+            "/input/3/output",
+        ] {
+            prompt_field_is_scanned(Api::Responses, body.clone(), at).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn anthropic_answer_thinking_is_scanned() {
+        let body = json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude",
+            "content": [{"type": "thinking", "thinking": "t", "signature": "EqQB"},
+                        {"type": "redacted_thinking", "data": "EmwKAhgB"},
+                        {"type": "text", "text": "answer"}],
+            "stop_reason": "end_turn", "usage": {"input_tokens": 1, "output_tokens": 2}});
+        answer_field_is_scanned(Api::AnthropicMessages, body, "/content/0/thinking").await;
+    }
+
+    #[tokio::test]
+    async fn responses_answer_reasoning_summary_and_refusal_are_scanned() {
+        let body = json!({"id": "resp_1", "object": "response", "status": "completed", "output": [
+            {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "s"}]},
+            {"type": "message", "id": "m", "role": "assistant", "content": [{"type": "refusal", "refusal": "r"}]}]});
+        answer_field_is_scanned(Api::Responses, body.clone(), "/output/0/summary/0/text").await;
+        answer_field_is_scanned(Api::Responses, body, "/output/1/content/0/refusal").await;
+    }
+
+    #[tokio::test]
+    async fn chat_answer_refusal_stays_scanned() {
+        // `message.refusal` was already scanned; kept here with the new fields.
+        let body = json!({"choices": [{"index": 0, "finish_reason": "stop",
+            "message": {"role": "assistant", "content": null, "refusal": "r"}}]});
+        answer_field_is_scanned(Api::ChatCompletions, body, "/choices/0/message/refusal").await;
+    }
+
+    /// All the text a stream released for `pointer` in events named `name`
+    /// (any, for `None`), concatenated.
+    fn released(out: &[Bytes], name: Option<&str>, pointer: &str) -> String {
+        parse_all(out)
+            .iter()
+            .filter(|e| e.data() != "[DONE]")
+            .filter(|e| name.is_none() || e.event() == name)
+            .filter_map(|e| {
+                serde_json::from_str::<Value>(e.data())
+                    .ok()?
+                    .pointer(pointer)?
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
+    fn all_text(out: &[Bytes]) -> String {
+        out.iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect()
+    }
+
+    /// Feeds events until the filter ends the stream; the error event.
+    async fn run_until_blocked(f: &mut StreamFilter, events: Vec<SseEvent>) -> (String, String) {
+        let mut sent = Vec::new();
+        for ev in events {
+            match f.on_event(ev).await {
+                Ok(o) => sent.extend(o),
+                Err(e) => return (all_text(&sent), String::from_utf8_lossy(&e).into_owned()),
+            }
+        }
+        match f.finish().await {
+            Ok(o) => panic!("not blocked: {}", all_text(&[sent, o].concat())),
+            Err(e) => (all_text(&sent), String::from_utf8_lossy(&e).into_owned()),
+        }
+    }
+
+    fn chat_delta(delta: Value, finish: Option<&str>) -> SseEvent {
+        let v = json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        SseEvent::parse(format!("data: {v}\n\n"))
+    }
+
+    #[tokio::test]
+    async fn chat_stream_refusal_delta_is_redacted_across_chunks() {
+        let mut f = StreamFilter::new(
+            pii("", "email=redact"),
+            None,
+            agent(),
+            Api::ChatCompletions,
+            ProviderKind::OpenAi,
+        );
+        let out = run(
+            &mut f,
+            vec![
+                chat_delta(json!({"role": "assistant", "refusal": ""}), None),
+                chat_delta(json!({"refusal": "I won't mail jane.d"}), None),
+                chat_delta(json!({"refusal": "oe@example.com"}), None),
+                chat_delta(json!({}), Some("stop")),
+                SseEvent::parse("data: [DONE]\n\n"),
+            ],
+        )
+        .await
+        .unwrap();
+        assert!(!all_text(&out).contains("jane"), "{}", all_text(&out));
+        assert_eq!(
+            released(&out, None, "/choices/0/delta/refusal"),
+            "I won't mail [EMAIL]"
+        );
+        // The tail went out in the finishing chunk, not after [DONE].
+        assert_eq!(parse_all(&out).last().unwrap().data(), "[DONE]");
+    }
+
+    #[tokio::test]
+    async fn chat_stream_refusal_delta_with_a_key_ends_the_stream() {
+        let mut f = StreamFilter::new(
+            pii("", "secrets=block"),
+            None,
+            agent(),
+            Api::ChatCompletions,
+            ProviderKind::OpenAi,
+        );
+        let (a, b) = PLANTED_KEY.split_at(12);
+        let (sent, err) = run_until_blocked(
+            &mut f,
+            vec![
+                chat_delta(json!({"refusal": "no: "}), None),
+                chat_delta(json!({"refusal": a}), None),
+                chat_delta(json!({"refusal": b}), None),
+                chat_delta(json!({}), Some("stop")),
+            ],
+        )
+        .await;
+        assert!(!sent.contains("sk-proj"), "{sent}");
+        assert!(err.contains("openai_key") && !err.contains("Q2x9"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn chat_stream_legacy_function_call_arguments_are_redacted() {
+        let mut f = StreamFilter::new(
+            pii("", "email=redact"),
+            None,
+            agent(),
+            Api::ChatCompletions,
+            ProviderKind::OpenAi,
+        );
+        let out = run(
+            &mut f,
+            vec![
+                chat_delta(
+                    json!({"function_call": {"name": "send", "arguments": ""}}),
+                    None,
+                ),
+                chat_delta(
+                    json!({"function_call": {"arguments": "{\"to\":\"ja"}}),
+                    None,
+                ),
+                chat_delta(
+                    json!({"function_call": {"arguments": "ne@example.com\"}"}}),
+                    None,
+                ),
+                chat_delta(json!({}), Some("function_call")),
+            ],
+        )
+        .await
+        .unwrap();
+        assert!(!all_text(&out).contains("jane"), "{}", all_text(&out));
+        assert_eq!(
+            released(&out, None, "/choices/0/delta/function_call/arguments"),
+            "{\"to\":\"[EMAIL]\"}"
+        );
+        assert_eq!(
+            released(&out, None, "/choices/0/delta/function_call/name"),
+            "send"
+        );
+    }
+
+    fn anthropic_ev(v: Value) -> SseEvent {
+        let name = v["type"].as_str().unwrap().to_owned();
+        SseEvent::parse(format!("event: {name}\ndata: {v}\n\n"))
+    }
+
+    fn thinking(t: &str) -> SseEvent {
+        anthropic_ev(json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "thinking_delta", "thinking": t}}))
+    }
+
+    #[tokio::test]
+    async fn anthropic_stream_thinking_delta_is_redacted_across_deltas() {
+        let mut f = StreamFilter::new(
+            pii("", "email=redact"),
+            None,
+            agent(),
+            Api::AnthropicMessages,
+            ProviderKind::Anthropic,
+        );
+        let out = run(
+            &mut f,
+            vec![
+                anthropic_ev(json!({"type": "content_block_start", "index": 0,
+                    "content_block": {"type": "thinking", "thinking": ""}})),
+                thinking("The user is jane.d"),
+                thinking("oe@exa"),
+                thinking("mple.com"),
+                anthropic_ev(json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "signature_delta", "signature": "EqQB"}})),
+                anthropic_ev(json!({"type": "content_block_stop", "index": 0})),
+            ],
+        )
+        .await
+        .unwrap();
+        assert!(!all_text(&out).contains("jane"), "{}", all_text(&out));
+        let evs = parse_all(&out);
+        assert_eq!(evs.last().unwrap().event(), Some("content_block_stop"));
+        for e in evs
+            .iter()
+            .filter(|e| e.event() == Some("content_block_delta"))
+        {
+            let v: Value = serde_json::from_str(e.data()).unwrap();
+            let ty = v["delta"]["type"].as_str().unwrap();
+            assert!(ty == "thinking_delta" || ty == "signature_delta", "{v}");
+            assert!(v["delta"].get("text").is_none(), "{v}");
+        }
+        assert_eq!(
+            released(&out, Some("content_block_delta"), "/delta/thinking"),
+            "The user is [EMAIL]"
+        );
+        assert_eq!(
+            released(&out, Some("content_block_delta"), "/delta/signature"),
+            "EqQB"
+        );
+    }
+
+    #[tokio::test]
+    async fn anthropic_stream_thinking_delta_with_a_key_ends_the_stream() {
+        let mut f = StreamFilter::new(
+            pii("", "secrets=block"),
+            None,
+            agent(),
+            Api::AnthropicMessages,
+            ProviderKind::Anthropic,
+        );
+        let (a, b) = PLANTED_KEY.split_at(20);
+        let (sent, err) = run_until_blocked(
+            &mut f,
+            vec![
+                thinking("use "),
+                thinking(a),
+                thinking(b),
+                anthropic_ev(json!({"type": "content_block_stop", "index": 0})),
+            ],
+        )
+        .await;
+        assert!(!sent.contains("sk-proj"), "{sent}");
+        assert!(
+            err.starts_with("event: error\n")
+                && err.contains("openai_key")
+                && !err.contains("Q2x9"),
+            "{err}"
+        );
+    }
+
+    fn responses_ev(v: Value) -> SseEvent {
+        let name = v["type"].as_str().unwrap().to_owned();
+        SseEvent::parse(format!("event: {name}\ndata: {v}\n\n"))
+    }
+
+    #[tokio::test]
+    async fn responses_stream_reasoning_summary_delta_is_redacted() {
+        let mut f = StreamFilter::new(
+            pii("", "email=redact"),
+            None,
+            agent(),
+            Api::Responses,
+            ProviderKind::OpenAi,
+        );
+        let full = "Asked to mail jane.doe@example.com.";
+        let sum = |d: &str| {
+            responses_ev(
+                json!({"type": "response.reasoning_summary_text.delta", "item_id": "rs_1",
+                "output_index": 0, "summary_index": 0, "delta": d, "sequence_number": 3}),
+            )
+        };
+        let out = run(
+            &mut f,
+            vec![
+                responses_ev(json!({"type": "response.reasoning_summary_part.added", "item_id": "rs_1",
+                    "output_index": 0, "summary_index": 0, "part": {"type": "summary_text", "text": ""}})),
+                sum("Asked to mail jane.d"),
+                sum("oe@example"),
+                sum(".com."),
+                responses_ev(json!({"type": "response.reasoning_summary_text.done", "item_id": "rs_1",
+                    "output_index": 0, "summary_index": 0, "text": full})),
+                responses_ev(json!({"type": "response.reasoning_summary_part.done", "item_id": "rs_1",
+                    "output_index": 0, "summary_index": 0, "part": {"type": "summary_text", "text": full}})),
+                responses_ev(json!({"type": "response.output_item.done", "output_index": 0,
+                    "item": {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": full}]}})),
+                responses_ev(json!({"type": "response.completed", "response": {"output": [
+                    {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": full}]}]}})),
+            ],
+        )
+        .await
+        .unwrap();
+        let all = all_text(&out);
+        assert!(!all.contains("jane"), "{all}");
+        assert_eq!(
+            released(
+                &out,
+                Some("response.reasoning_summary_text.delta"),
+                "/delta"
+            ),
+            "Asked to mail [EMAIL]."
+        );
+        let redacted = "Asked to mail [EMAIL].";
+        for (name, at) in [
+            ("response.reasoning_summary_text.done", "/text"),
+            ("response.reasoning_summary_part.done", "/part/text"),
+            ("response.output_item.done", "/item/summary/0/text"),
+            ("response.completed", "/response/output/0/summary/0/text"),
+        ] {
+            assert_eq!(released(&out, Some(name), at), redacted, "{name}");
+        }
+        // Every event kept its name and its summary_index.
+        let evs = parse_all(&out);
+        for e in evs
+            .iter()
+            .filter(|e| e.event() == Some("response.reasoning_summary_text.delta"))
+        {
+            let v: Value = serde_json::from_str(e.data()).unwrap();
+            assert_eq!(v["type"], "response.reasoning_summary_text.delta");
+            assert_eq!(v["summary_index"], 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn responses_stream_refusal_delta_is_redacted_and_blocked() {
+        let refusal = |d: &str| {
+            responses_ev(json!({"type": "response.refusal.delta", "item_id": "m",
+                "output_index": 0, "content_index": 0, "delta": d}))
+        };
+        let full = "I cannot mail jane.doe@example.com";
+        let mut f = StreamFilter::new(
+            pii("", "email=redact"),
+            None,
+            agent(),
+            Api::Responses,
+            ProviderKind::OpenAi,
+        );
+        let out = run(
+            &mut f,
+            vec![
+                refusal("I cannot mail ja"),
+                refusal("ne.doe@example.com"),
+                responses_ev(json!({"type": "response.refusal.done", "item_id": "m",
+                    "output_index": 0, "content_index": 0, "refusal": full})),
+                responses_ev(json!({"type": "response.content_part.done", "item_id": "m",
+                    "output_index": 0, "content_index": 0, "part": {"type": "refusal", "refusal": full}})),
+            ],
+        )
+        .await
+        .unwrap();
+        assert!(!all_text(&out).contains("jane"), "{}", all_text(&out));
+        assert_eq!(
+            released(&out, Some("response.refusal.delta"), "/delta"),
+            "I cannot mail [EMAIL]"
+        );
+        assert_eq!(
+            released(&out, Some("response.refusal.done"), "/refusal"),
+            "I cannot mail [EMAIL]"
+        );
+        assert_eq!(
+            released(&out, Some("response.content_part.done"), "/part/refusal"),
+            "I cannot mail [EMAIL]"
+        );
+
+        let mut f = StreamFilter::new(
+            pii("", "secrets=block"),
+            None,
+            agent(),
+            Api::Responses,
+            ProviderKind::OpenAi,
+        );
+        let (a, b) = PLANTED_KEY.split_at(9);
+        let (sent, err) = run_until_blocked(&mut f, vec![refusal(a), refusal(b)]).await;
+        assert!(!sent.contains("sk-proj"), "{sent}");
+        assert!(
+            err.starts_with("event: error\n")
+                && err.contains("openai_key")
+                && !err.contains("Q2x9"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn responses_stream_reasoning_text_delta_is_redacted() {
+        let mut f = StreamFilter::new(
+            pii("", "email=redact"),
+            None,
+            agent(),
+            Api::Responses,
+            ProviderKind::OpenAi,
+        );
+        let full = "mail jane.doe@example.com";
+        let d = |t: &str| {
+            responses_ev(
+                json!({"type": "response.reasoning_text.delta", "item_id": "rs_1",
+                "output_index": 0, "content_index": 0, "delta": t}),
+            )
+        };
+        let out = run(
+            &mut f,
+            vec![
+                d("mail jane"),
+                d(".doe@example.com"),
+                responses_ev(
+                    json!({"type": "response.reasoning_text.done", "item_id": "rs_1",
+                    "output_index": 0, "content_index": 0, "text": full}),
+                ),
+                responses_ev(
+                    json!({"type": "response.output_item.done", "output_index": 0,
+                    "item": {"type": "reasoning", "id": "rs_1", "summary": [],
+                        "content": [{"type": "reasoning_text", "text": full}]}}),
+                ),
+            ],
+        )
+        .await
+        .unwrap();
+        assert!(!all_text(&out).contains("jane"), "{}", all_text(&out));
+        assert_eq!(
+            released(&out, Some("response.reasoning_text.delta"), "/delta"),
+            "mail [EMAIL]"
+        );
+        assert_eq!(
+            released(&out, Some("response.reasoning_text.done"), "/text"),
+            "mail [EMAIL]"
+        );
+    }
+
+    // Fields of OpenAI-compatible reasoning models, custom tools, server
+    // tools and citations.
+
+    #[tokio::test]
+    async fn chat_reasoning_content_is_scanned_in_prompts_and_answers() {
+        let body = json!({"model": "deepseek-reasoner", "messages": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "a", "reasoning_content": "r"}]});
+        prompt_field_is_scanned(Api::ChatCompletions, body, "/messages/1/reasoning_content").await;
+        let body = json!({"choices": [{"index": 0, "finish_reason": "stop",
+            "message": {"role": "assistant", "content": "a", "reasoning_content": "r"}}]});
+        answer_field_is_scanned(
+            Api::ChatCompletions,
+            body,
+            "/choices/0/message/reasoning_content",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn chat_stream_reasoning_content_delta_is_redacted() {
+        let mut f = StreamFilter::new(
+            pii("", "email=redact"),
+            None,
+            agent(),
+            Api::ChatCompletions,
+            ProviderKind::OpenAi,
+        );
+        let out = run(
+            &mut f,
+            vec![
+                chat_delta(json!({"reasoning_content": "They are jane"}), None),
+                chat_delta(json!({"reasoning_content": ".doe@example.com"}), None),
+                chat_delta(json!({"content": "ok"}), None),
+                chat_delta(json!({}), Some("stop")),
+            ],
+        )
+        .await
+        .unwrap();
+        assert!(!all_text(&out).contains("jane"), "{}", all_text(&out));
+        assert_eq!(
+            released(&out, None, "/choices/0/delta/reasoning_content"),
+            "They are [EMAIL]"
+        );
+        assert_eq!(released(&out, None, "/choices/0/delta/content"), "ok");
+    }
+
+    #[tokio::test]
+    async fn responses_custom_tool_call_input_is_scanned() {
+        let body = json!({"model": "gpt-5", "input": [
+            {"role": "user", "content": "q"},
+            {"type": "custom_tool_call", "call_id": "c", "name": "sql", "input": "i"},
+            {"type": "custom_tool_call_output", "call_id": "c", "output": "o"}]});
+        prompt_field_is_scanned(Api::Responses, body.clone(), "/input/1/input").await;
+        prompt_field_is_scanned(Api::Responses, body, "/input/2/output").await;
+        let body = json!({"output": [{"type": "custom_tool_call", "call_id": "c", "name": "sql", "input": "i"}]});
+        answer_field_is_scanned(Api::Responses, body, "/output/0/input").await;
+    }
+
+    #[tokio::test]
+    async fn responses_stream_custom_tool_call_input_delta_is_redacted() {
+        let mut f = StreamFilter::new(
+            pii("", "email=redact"),
+            None,
+            agent(),
+            Api::Responses,
+            ProviderKind::OpenAi,
+        );
+        let full = "SELECT * WHERE mail = 'jane.doe@example.com'";
+        let d = |t: &str| {
+            responses_ev(
+                json!({"type": "response.custom_tool_call_input.delta", "item_id": "ct",
+                "output_index": 0, "delta": t}),
+            )
+        };
+        let out = run(
+            &mut f,
+            vec![
+                d("SELECT * WHERE mail = 'jane.d"),
+                d("oe@example.com'"),
+                responses_ev(json!({"type": "response.custom_tool_call_input.done", "item_id": "ct",
+                    "output_index": 0, "input": full})),
+                responses_ev(json!({"type": "response.output_item.done", "output_index": 0,
+                    "item": {"type": "custom_tool_call", "call_id": "c", "name": "sql", "input": full}})),
+            ],
+        )
+        .await
+        .unwrap();
+        assert!(!all_text(&out).contains("jane"), "{}", all_text(&out));
+        let want = "SELECT * WHERE mail = '[EMAIL]'";
+        assert_eq!(
+            released(
+                &out,
+                Some("response.custom_tool_call_input.delta"),
+                "/delta"
+            ),
+            want
+        );
+        assert_eq!(
+            released(&out, Some("response.custom_tool_call_input.done"), "/input"),
+            want
+        );
+        assert_eq!(
+            released(&out, Some("response.output_item.done"), "/item/input"),
+            want
+        );
+    }
+
+    #[tokio::test]
+    async fn anthropic_server_and_mcp_tool_blocks_are_scanned() {
+        let body = json!({"model": "claude", "messages": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": [
+                {"type": "server_tool_use", "id": "s", "name": "web_search", "input": {"query": "q"}},
+                {"type": "mcp_tool_use", "id": "m", "name": "crm", "server_name": "crm", "input": {"who": "w"}},
+                {"type": "mcp_tool_result", "tool_use_id": "m", "is_error": false,
+                 "content": [{"type": "text", "text": "r"}]}]}]});
+        for at in [
+            "/messages/1/content/0/input/query",
+            "/messages/1/content/1/input/who",
+            "/messages/1/content/2/content/0/text",
+        ] {
+            prompt_field_is_scanned(Api::AnthropicMessages, body.clone(), at).await;
+        }
+        let body = json!({"content": [
+            {"type": "server_tool_use", "id": "s", "name": "web_search", "input": {"query": "q"}},
+            {"type": "text", "text": "t"}]});
+        answer_field_is_scanned(Api::AnthropicMessages, body, "/content/0/input/query").await;
+    }
+
+    #[tokio::test]
+    async fn anthropic_citations_cited_text_is_scanned() {
+        let body = json!({"content": [{"type": "text", "text": "As noted,", "citations": [
+            {"type": "char_location", "cited_text": "c", "document_index": 0,
+             "document_title": "Notes", "start_char_index": 0, "end_char_index": 9}]}]});
+        answer_field_is_scanned(
+            Api::AnthropicMessages,
+            body,
+            "/content/0/citations/0/cited_text",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn anthropic_stream_citations_delta_is_redacted() {
+        let mut f = StreamFilter::new(
+            pii("", "email=redact"),
+            None,
+            agent(),
+            Api::AnthropicMessages,
+            ProviderKind::Anthropic,
+        );
+        let out = run(
+            &mut f,
+            vec![
+                anthropic_ev(json!({"type": "content_block_delta", "index": 0, "delta": {
+                    "type": "citations_delta", "citation": {"type": "char_location",
+                        "cited_text": "write to jane.doe@example.com", "document_index": 0,
+                        "document_title": "Notes", "start_char_index": 0, "end_char_index": 29}}})),
+                anthropic_ev(json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "text_delta", "text": "As noted."}})),
+                anthropic_ev(json!({"type": "content_block_stop", "index": 0})),
+            ],
+        )
+        .await
+        .unwrap();
+        assert!(!all_text(&out).contains("jane"), "{}", all_text(&out));
+        assert_eq!(
+            released(&out, None, "/delta/citation/cited_text"),
+            "write to [EMAIL]"
+        );
+        assert_eq!(released(&out, None, "/delta/text"), "As noted.");
     }
 }

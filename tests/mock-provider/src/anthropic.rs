@@ -116,21 +116,26 @@ fn input_words(request: &Summary) -> u64 {
     request.message_words + request.system_words
 }
 
+/// The fixed signature of a mock `thinking` block.
+const SIGNATURE: &str = "EqQBmock";
+
 /// `POST /v1/messages`
 pub(crate) fn messages(call: &Call, request: &Summary) -> Response<MockBody> {
     let usage = call.usage(input_words(request), request.output_tokens());
     let id = format!("msg_mock{:016x}", call.seq);
     if !request.stream {
         let text = call.text(usage.completion);
+        let mut content = Vec::with_capacity(2);
+        if let Some(t) = &call.thinking {
+            content.push(json!({"type": "thinking", "thinking": t, "signature": SIGNATURE}));
+        }
+        content.push(json!({"type": "text", "text": text}));
         let message = Message {
             id: &id,
             kind: "message",
             role: "assistant",
             model: &call.model,
-            content: [TextBlock {
-                kind: "text",
-                text: &text,
-            }],
+            content,
             stop_reason: Some("end_turn"),
             stop_sequence: None,
             usage: (!call.no_usage).then(|| AnthropicUsage::new(&usage, usage.completion)),
@@ -153,11 +158,39 @@ pub(crate) fn messages(call: &Call, request: &Summary) -> Response<MockBody> {
         },
     };
     events.push(sse_event("message_start", &start));
+    let mut index = 0;
+    if let Some(t) = &call.thinking {
+        events.push(sse_event(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": 0,
+                "content_block": {"type": "thinking", "thinking": ""}}),
+        ));
+        for piece in call.chunks(t) {
+            events.push(sse_event(
+                "content_block_delta",
+                &json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "thinking_delta", "thinking": piece}}),
+            ));
+        }
+        events.push(sse_event(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "signature_delta", "signature": SIGNATURE}}),
+        ));
+        events.push(sse_event(
+            "content_block_stop",
+            &BlockStop {
+                kind: "content_block_stop",
+                index: 0,
+            },
+        ));
+        index = 1;
+    }
     events.push(sse_event(
         "content_block_start",
         &BlockStart {
             kind: "content_block_start",
-            index: 0,
+            index,
             content_block: TextBlock {
                 kind: "text",
                 text: "",
@@ -169,7 +202,7 @@ pub(crate) fn messages(call: &Call, request: &Summary) -> Response<MockBody> {
             "content_block_delta",
             &BlockDelta {
                 kind: "content_block_delta",
-                index: 0,
+                index,
                 delta: TextBlock {
                     kind: "text_delta",
                     text: &word,
@@ -181,7 +214,7 @@ pub(crate) fn messages(call: &Call, request: &Summary) -> Response<MockBody> {
         "content_block_stop",
         &BlockStop {
             kind: "content_block_stop",
-            index: 0,
+            index,
         },
     ));
     events.push(sse_event(

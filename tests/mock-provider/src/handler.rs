@@ -88,6 +88,7 @@ struct HeaderFaults {
     usage: UsageOverride,
     reply: Option<String>,
     reply_chunk: Option<usize>,
+    thinking: Option<String>,
 }
 
 fn number<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, String> {
@@ -128,6 +129,7 @@ impl HeaderFaults {
                 "usage" => faults.usage = UsageOverride::parse(value)?,
                 "reply" => faults.reply = Some(value.to_owned()),
                 "reply-chunk" => faults.reply_chunk = Some(number(name, value)?),
+                "thinking" => faults.thinking = Some(value.to_owned()),
                 // Unknown x-mock-* headers are ignored, like any other header.
                 _ => {}
             }
@@ -328,6 +330,7 @@ pub(crate) async fn handle(
         drop_after,
         reply: faults.reply,
         reply_chunk: faults.reply_chunk.unwrap_or(5),
+        thinking: faults.thinking,
     };
     if endpoint == Endpoint::Models {
         return Ok(match provider {

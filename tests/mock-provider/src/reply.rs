@@ -36,6 +36,9 @@ pub(crate) struct Call {
     pub(crate) reply: Option<String>,
     /// From `x-mock-reply-chunk`: bytes per streamed piece of `reply` (default 5).
     pub(crate) reply_chunk: usize,
+    /// From `x-mock-thinking`: Anthropic answers start with a `thinking` block
+    /// of this text (streamed in `reply_chunk` pieces).
+    pub(crate) thinking: Option<String>,
 }
 
 impl Call {
@@ -53,6 +56,11 @@ impl Call {
         let Some(r) = &self.reply else {
             return (1..=n).map(crate::usage::delta_word).collect();
         };
+        self.chunks(r)
+    }
+
+    /// `r` cut every `reply_chunk` bytes (on character boundaries).
+    pub(crate) fn chunks(&self, r: &str) -> Vec<String> {
         let step = self.reply_chunk.max(1);
         let mut out = Vec::new();
         let mut start = 0;

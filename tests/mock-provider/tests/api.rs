@@ -357,6 +357,72 @@ async fn anthropic_plain_and_streamed() {
 }
 
 #[tokio::test]
+async fn anthropic_thinking_header_adds_a_thinking_block() {
+    let mock = start().await;
+    let body = json!({"model": "claude-sonnet-4-20250514", "max_tokens": 2,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let headers = [
+        ("x-mock-thinking", "Let me think."),
+        ("x-mock-reply-chunk", "4"),
+    ];
+    let json = anthropic(mock.addr(), &headers, &body).await.json();
+    assert_eq!(
+        json["content"],
+        json!([{"type": "thinking", "thinking": "Let me think.", "signature": "EqQBmock"},
+               {"type": "text", "text": words(2)}])
+    );
+
+    let mut stream_body = body.clone();
+    stream_body["stream"] = json!(true);
+    let events = anthropic(mock.addr(), &headers, &stream_body)
+        .await
+        .events();
+    let blocks: Vec<(String, u64, String)> = events
+        .iter()
+        .map(|e| e.json())
+        .filter(|j| j["type"] == "content_block_delta")
+        .map(|j| {
+            let d = &j["delta"];
+            let ty = d["type"].as_str().unwrap_or_default().to_owned();
+            let field = match ty.as_str() {
+                "thinking_delta" => "thinking",
+                "signature_delta" => "signature",
+                _ => "text",
+            };
+            let v = d[field].as_str().unwrap_or_default().to_owned();
+            (ty, j["index"].as_u64().unwrap_or(99), v)
+        })
+        .collect();
+    let thinking: String = blocks
+        .iter()
+        .filter(|b| b.0 == "thinking_delta")
+        .map(|b| {
+            assert_eq!(b.1, 0);
+            assert!(b.2.len() <= 4, "{b:?}");
+            b.2.as_str()
+        })
+        .collect();
+    assert_eq!(thinking, "Let me think.");
+    assert!(blocks.contains(&("signature_delta".into(), 0, "EqQBmock".into())));
+    let text: String = blocks
+        .iter()
+        .filter(|b| b.0 == "text_delta")
+        .map(|b| {
+            assert_eq!(b.1, 1);
+            b.2.as_str()
+        })
+        .collect();
+    assert_eq!(text, words(2));
+    let starts: Vec<Value> = events
+        .iter()
+        .map(|e| e.json())
+        .filter(|j| j["type"] == "content_block_start")
+        .map(|j| j["content_block"]["type"].clone())
+        .collect();
+    assert_eq!(starts, [json!("thinking"), json!("text")]);
+}
+
+#[tokio::test]
 async fn no_usage_header_removes_usage_everywhere() {
     let mock = start().await;
     let no_usage = [("x-mock-no-usage", "1")];

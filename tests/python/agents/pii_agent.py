@@ -78,11 +78,19 @@ def messages(client, step):
         kw["system"] = step["system"]
     try:
         if step.get("stream"):
+            text, thinking = [], []
             with client.messages.stream(**kw) as s:
-                text = "".join(s.text_stream)
-            return {"ok": True, "text": text}
+                for e in s:
+                    if e.type == "content_block_delta" and e.delta.type == "text_delta":
+                        text.append(e.delta.text)
+                    if e.type == "content_block_delta" and e.delta.type == "thinking_delta":
+                        thinking.append(e.delta.thinking)
+                final = s.get_final_message()
+            return {"ok": True, "text": "".join(text), "thinking": "".join(thinking),
+                    "final_thinking": "".join(b.thinking for b in final.content if b.type == "thinking")}
         m = client.messages.create(**kw)
-        return {"ok": True, "text": m.content[0].text}
+        return {"ok": True, "text": "".join(b.text for b in m.content if b.type == "text"),
+                "thinking": "".join(b.thinking for b in m.content if b.type == "thinking")}
     except (anthropic.APIStatusError, anthropic.APIError) as e:
         return err(e)
 
