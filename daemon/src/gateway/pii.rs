@@ -438,11 +438,19 @@ pub async fn apply_body(
     let mut tally = Tally::default();
     let mut found = Vec::new();
     let mut field = 0usize;
+    // The findings of each field that has any, by field number: a redaction
+    // rewrites with them rather than scanning the body a second time (the
+    // walk visits the same fields in the same order, and nothing changes in
+    // between).
+    let mut per_field: Vec<(usize, Vec<Finding>)> = Vec::new();
     walk(body, &mut |s: &mut String| {
         field += 1;
         pii.scanner.scan_into(s, &mut found);
         for f in &found {
             tally.add(field, f, policy.action_for(&f.kind));
+        }
+        if !found.is_empty() {
+            per_field.push((field, std::mem::take(&mut found)));
         }
     });
     tally.log(agent, direction);
@@ -456,15 +464,17 @@ pub async fn apply_body(
     }
     let mut minter = minter_for(pii.style, vault)?;
     let mut error = None;
+    let mut field = 0usize;
+    let mut next = per_field.iter().peekable();
     walk(body, &mut |s: &mut String| {
+        field += 1;
+        let Some((_, found)) = next.next_if(|(i, _)| *i == field) else {
+            return;
+        };
         if error.is_some() {
             return;
         }
-        pii.scanner.scan_into(s, &mut found);
-        if found.is_empty() {
-            return;
-        }
-        match apply_text(policy, pii.style, minter.as_mut(), s, &found) {
+        match apply_text(policy, pii.style, minter.as_mut(), s, found) {
             Ok(Some(new)) => *s = new,
             Ok(None) => {}
             Err(e) => error = Some(e),

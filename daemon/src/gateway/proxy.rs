@@ -436,8 +436,18 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> 
     }
     // A redacted body can be longer than the one received (tokens): bound the
     // input by what is actually sent.
+    // The rewritten body, encoded once: forwarded as it is unless something
+    // below changes the request again (which clears it).
+    let mut encoded: Option<Bytes> = None;
     let sent_len = if pii_rewritten {
-        serde_json::to_vec(&request).map_or(bytes.len(), |v| v.len().max(bytes.len()))
+        match serde_json::to_vec(&request) {
+            Ok(v) => {
+                let n = v.len().max(bytes.len());
+                encoded = Some(Bytes::from(v));
+                n
+            }
+            Err(_) => bytes.len(),
+        }
     } else {
         bytes.len()
     };
@@ -475,6 +485,7 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> 
             }
             strip_usage_chunk = true;
             rewritten = true;
+            encoded = None;
         }
     }
 
@@ -522,6 +533,7 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> 
         if request.get("model").and_then(Value::as_str) != Some(cand.model.as_str()) {
             request["model"] = Value::String(cand.model.clone());
             rewritten = true;
+            encoded = None;
         }
         let mut reservation = match reserve(
             &gw,
@@ -550,7 +562,11 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> 
             }
         };
         let out_body = if rewritten {
-            Bytes::from(serde_json::to_vec(&request).unwrap_or_default())
+            encoded
+                .get_or_insert_with(|| {
+                    Bytes::from(serde_json::to_vec(&request).unwrap_or_default())
+                })
+                .clone()
         } else {
             bytes.clone()
         };
