@@ -918,32 +918,15 @@ impl StreamFilter {
             let Some(delta) = c.get_mut("delta").and_then(Value::as_object_mut) else {
                 continue;
             };
-            if let Some(Value::String(s)) = delta.get_mut("content") {
-                *s = self.push(
-                    Channel::ChatContent(i),
-                    || Value::Null,
-                    s,
-                    minter.as_deref_mut(),
-                )?;
-                changed = true;
-            }
-            if let Some(Value::String(s)) = delta.get_mut("refusal") {
-                *s = self.push(
-                    Channel::ChatRefusal(i),
-                    || Value::Null,
-                    s,
-                    minter.as_deref_mut(),
-                )?;
-                changed = true;
-            }
-            if let Some(Value::String(s)) = delta.get_mut("reasoning_content") {
-                *s = self.push(
-                    Channel::ChatReasoning(i),
-                    || Value::Null,
-                    s,
-                    minter.as_deref_mut(),
-                )?;
-                changed = true;
+            for (key, ch) in [
+                ("content", Channel::ChatContent(i)),
+                ("refusal", Channel::ChatRefusal(i)),
+                ("reasoning_content", Channel::ChatReasoning(i)),
+            ] {
+                if let Some(Value::String(s)) = delta.get_mut(key) {
+                    *s = self.push(ch, || Value::Null, s, minter.as_deref_mut())?;
+                    changed = true;
+                }
             }
             if let Some(Value::String(s)) = delta
                 .get_mut("function_call")

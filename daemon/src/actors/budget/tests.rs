@@ -1171,6 +1171,14 @@ mod audited {
         postcard::from_bytes(t.get("a").unwrap().unwrap().value()).unwrap()
     }
 
+    /// Whether a `reset` event reached the file.
+    fn has_reset(store: &Store) -> bool {
+        persist::read_events(store)
+            .unwrap()
+            .iter()
+            .any(|(_, ev)| matches!(ev, StoredEvent::Reset(_)))
+    }
+
     /// Makes appending to the trail fail: the `audit` table replaced by one of
     /// another type (the trail's own writes fail the same way). Settles,
     /// which write no audit entry, still commit.
@@ -1213,12 +1221,7 @@ mod audited {
                     .await
                     .is_err()
             );
-            assert!(
-                !persist::read_events(&store)
-                    .unwrap()
-                    .iter()
-                    .any(|(_, ev)| matches!(ev, StoredEvent::Reset(_)))
-            );
+            assert!(!has_reset(&store), "a reset event in the file");
         });
     }
 
@@ -1276,12 +1279,7 @@ mod audited {
             );
             let day = stored_row(&store).windows[super::super::period::index(BudgetPeriod::Day)];
             assert_eq!((day.spent, day.calls), (usd("1.5"), 2));
-            assert!(
-                !persist::read_events(&store)
-                    .unwrap()
-                    .iter()
-                    .any(|(_, ev)| matches!(ev, StoredEvent::Reset(_)))
-            );
+            assert!(!has_reset(&store), "a reset event in the file");
             // The budget still holds: 8.5 left of 10.
             assert!(h.reserve(&name("a"), usd("8.6")).await.is_err());
             h.reserve(&name("a"), usd("8.5")).await.unwrap();
