@@ -1615,13 +1615,7 @@ mod tests {
             })
             .collect();
         assert_eq!(text, "write to [EMAIL]");
-        let mut f = StreamFilter::new(
-            pii("", "email=redact"),
-            None,
-            agent(),
-            Api::AnthropicMessages,
-            ProviderKind::Anthropic,
-        );
+        let mut f = stream_filter(Api::AnthropicMessages, "email=redact");
         let out = run(
             &mut f,
             vec![delta("write to jane"), delta("@example.com"), stop],
@@ -1968,13 +1962,7 @@ mod tests {
 
     #[tokio::test]
     async fn chat_stream_refusal_delta_is_redacted_across_chunks() {
-        let mut f = StreamFilter::new(
-            pii("", "email=redact"),
-            None,
-            agent(),
-            Api::ChatCompletions,
-            ProviderKind::OpenAi,
-        );
+        let mut f = stream_filter(Api::ChatCompletions, "email=redact");
         let out = run(
             &mut f,
             vec![
@@ -1998,13 +1986,7 @@ mod tests {
 
     #[tokio::test]
     async fn chat_stream_refusal_delta_with_a_key_ends_the_stream() {
-        let mut f = StreamFilter::new(
-            pii("", "secrets=block"),
-            None,
-            agent(),
-            Api::ChatCompletions,
-            ProviderKind::OpenAi,
-        );
+        let mut f = stream_filter(Api::ChatCompletions, "secrets=block");
         let (a, b) = PLANTED_KEY.split_at(12);
         let (sent, err) = run_until_blocked(
             &mut f,
@@ -2022,13 +2004,7 @@ mod tests {
 
     #[tokio::test]
     async fn chat_stream_legacy_function_call_arguments_are_redacted() {
-        let mut f = StreamFilter::new(
-            pii("", "email=redact"),
-            None,
-            agent(),
-            Api::ChatCompletions,
-            ProviderKind::OpenAi,
-        );
+        let mut f = stream_filter(Api::ChatCompletions, "email=redact");
         let out = run(
             &mut f,
             vec![
@@ -2072,13 +2048,7 @@ mod tests {
 
     #[tokio::test]
     async fn anthropic_stream_thinking_delta_is_redacted_across_deltas() {
-        let mut f = StreamFilter::new(
-            pii("", "email=redact"),
-            None,
-            agent(),
-            Api::AnthropicMessages,
-            ProviderKind::Anthropic,
-        );
+        let mut f = stream_filter(Api::AnthropicMessages, "email=redact");
         let out = run(
             &mut f,
             vec![
@@ -2118,13 +2088,7 @@ mod tests {
 
     #[tokio::test]
     async fn anthropic_stream_thinking_delta_with_a_key_ends_the_stream() {
-        let mut f = StreamFilter::new(
-            pii("", "secrets=block"),
-            None,
-            agent(),
-            Api::AnthropicMessages,
-            ProviderKind::Anthropic,
-        );
+        let mut f = stream_filter(Api::AnthropicMessages, "secrets=block");
         let (a, b) = PLANTED_KEY.split_at(20);
         let (sent, err) = run_until_blocked(
             &mut f,
@@ -2145,6 +2109,11 @@ mod tests {
         );
     }
 
+    /// A stream filter for `api` with this output policy.
+    fn stream_filter(api: Api, output: &str) -> StreamFilter {
+        StreamFilter::new(pii("", output), None, agent(), api, api.family())
+    }
+
     fn responses_ev(v: Value) -> SseEvent {
         let name = v["type"].as_str().unwrap().to_owned();
         SseEvent::parse(format!("event: {name}\ndata: {v}\n\n"))
@@ -2152,13 +2121,7 @@ mod tests {
 
     #[tokio::test]
     async fn responses_stream_reasoning_summary_delta_is_redacted() {
-        let mut f = StreamFilter::new(
-            pii("", "email=redact"),
-            None,
-            agent(),
-            Api::Responses,
-            ProviderKind::OpenAi,
-        );
+        let mut f = stream_filter(Api::Responses, "email=redact");
         let full = "Asked to mail jane.doe@example.com.";
         let sum = |d: &str| {
             responses_ev(
@@ -2224,13 +2187,7 @@ mod tests {
                 "output_index": 0, "content_index": 0, "delta": d}))
         };
         let full = "I cannot mail jane.doe@example.com";
-        let mut f = StreamFilter::new(
-            pii("", "email=redact"),
-            None,
-            agent(),
-            Api::Responses,
-            ProviderKind::OpenAi,
-        );
+        let mut f = stream_filter(Api::Responses, "email=redact");
         let out = run(
             &mut f,
             vec![
@@ -2258,13 +2215,7 @@ mod tests {
             "I cannot mail [EMAIL]"
         );
 
-        let mut f = StreamFilter::new(
-            pii("", "secrets=block"),
-            None,
-            agent(),
-            Api::Responses,
-            ProviderKind::OpenAi,
-        );
+        let mut f = stream_filter(Api::Responses, "secrets=block");
         let (a, b) = PLANTED_KEY.split_at(9);
         let (sent, err) = run_until_blocked(&mut f, vec![refusal(a), refusal(b)]).await;
         assert!(!sent.contains("sk-proj"), "{sent}");
@@ -2278,13 +2229,7 @@ mod tests {
 
     #[tokio::test]
     async fn responses_stream_reasoning_text_delta_is_redacted() {
-        let mut f = StreamFilter::new(
-            pii("", "email=redact"),
-            None,
-            agent(),
-            Api::Responses,
-            ProviderKind::OpenAi,
-        );
+        let mut f = stream_filter(Api::Responses, "email=redact");
         let full = "mail jane.doe@example.com";
         let d = |t: &str| {
             responses_ev(
@@ -2342,13 +2287,7 @@ mod tests {
 
     #[tokio::test]
     async fn chat_stream_reasoning_content_delta_is_redacted() {
-        let mut f = StreamFilter::new(
-            pii("", "email=redact"),
-            None,
-            agent(),
-            Api::ChatCompletions,
-            ProviderKind::OpenAi,
-        );
+        let mut f = stream_filter(Api::ChatCompletions, "email=redact");
         let out = run(
             &mut f,
             vec![
@@ -2382,13 +2321,7 @@ mod tests {
 
     #[tokio::test]
     async fn responses_stream_custom_tool_call_input_delta_is_redacted() {
-        let mut f = StreamFilter::new(
-            pii("", "email=redact"),
-            None,
-            agent(),
-            Api::Responses,
-            ProviderKind::OpenAi,
-        );
+        let mut f = stream_filter(Api::Responses, "email=redact");
         let full = "SELECT * WHERE mail = 'jane.doe@example.com'";
         let d = |t: &str| {
             responses_ev(
@@ -2466,13 +2399,7 @@ mod tests {
 
     #[tokio::test]
     async fn anthropic_stream_citations_delta_is_redacted() {
-        let mut f = StreamFilter::new(
-            pii("", "email=redact"),
-            None,
-            agent(),
-            Api::AnthropicMessages,
-            ProviderKind::Anthropic,
-        );
+        let mut f = stream_filter(Api::AnthropicMessages, "email=redact");
         let out = run(
             &mut f,
             vec![
