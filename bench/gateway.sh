@@ -57,6 +57,23 @@ MOCK_PID=$!
 for _ in $(seq 1 300); do [ -s "$RUN/mock.addr" ] && break; sleep 0.1; done
 MOCK=$(cat "$RUN/mock.addr")
 
+# The daemon's CPU by thread over the whole run (warm-ups and both sides'
+# phases included, so read it as shares, not per-call figures): which of its
+# threads the calls cost, the gateway workers or the ledger's writer, say.
+threads_cpu() {
+    local pid=$1 hz total=0
+    hz=$(getconf CLK_TCK)
+    echo "ironcaged CPU by thread (ms, user+system):"
+    for t in /proc/"$pid"/task/*; do
+        local comm stat
+        comm=$(cat "$t/comm" 2>/dev/null) || continue
+        stat=$(cat "$t/stat" 2>/dev/null) || continue
+        # Fields after the ") " that ends comm: utime is the 12th, stime the 13th.
+        set -- ${stat##*) }
+        echo "$comm $(( (${12} + ${13}) * 1000 / hz ))"
+    done | awk '{ms[$1] += $2} END {for (c in ms) if (ms[c] > 0) printf "  %-22s %8d\n", c, ms[c]}' | sort -k2 -nr
+}
+
 run_mode() {
     local mode=$1 pii_global="" pii_agent=""
     case "$mode" in
@@ -109,6 +126,7 @@ TOML
     cat "$RUN/report.txt"
     echo
     "$BIN/ironctl" budget show bench
+    threads_cpu "$DAEMON_PID"
     kill "$DAEMON_PID"; wait "$DAEMON_PID" 2>/dev/null || true; DAEMON_PID=""
     echo
 }

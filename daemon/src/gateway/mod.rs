@@ -183,29 +183,13 @@ impl Snapshot {
                 .map_err(|e| format!("{}: [gateway.prices]: {e}", config.path.display()))?;
             prices.merge_overrides(t);
         }
-        // Scanners are built once per distinct scanner config and shared.
-        let mut scanners: Vec<(
-            ironcage_shared::pii::ScannerConfig,
-            Arc<ironcage_shared::pii::Scanner>,
-        )> = Vec::new();
+        // Scanners are built once per distinct (scoped) config and shared.
+        let mut scanners = pii::ScannerCache::default();
         let mut agent_pii =
             |spec: &crate::config::PiiSpec, who: &str| -> Result<Arc<pii::AgentPii>, String> {
-                let scanner = match scanners.iter().find(|(c, _)| *c == spec.scanner) {
-                    Some((_, s)) => s.clone(),
-                    None => {
-                        let s = Arc::new(
-                            spec.build_scanner()
-                                .map_err(|e| format!("{who}: PII scanner: {e}"))?,
-                        );
-                        scanners.push((spec.scanner.clone(), s.clone()));
-                        s
-                    }
-                };
-                Ok(Arc::new(pii::AgentPii {
-                    scanner,
-                    policies: spec.policies.clone(),
-                    style: spec.style,
-                }))
+                pii::AgentPii::build(spec, &mut scanners)
+                    .map(Arc::new)
+                    .map_err(|e| format!("{who}: PII scanner: {e}"))
             };
         let default_pii = agent_pii(&config.pii, "[pii]")?;
         let mut agents = HashMap::new();

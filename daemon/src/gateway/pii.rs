@@ -42,31 +42,76 @@ use super::Body;
 use super::errors;
 use super::routes::Api;
 use super::sse::SseEvent;
-use crate::config::{PiiStyle, ProviderKind};
+use crate::config::{PiiSpec, PiiStyle, ProviderKind};
 use crate::pii_vault::{Minter, PiiVault};
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use ironcage_shared::AgentName;
 use ironcage_shared::pii::{
-    Action, Direction, Finding, Kind, PiiPolicies, Policy, RedactStyle, Scanner, StreamScanner,
+    Action, Direction, Finding, Kind, PiiError, PiiPolicies, Policy, RedactStyle, Scanner,
+    ScannerConfig, StreamScanner,
 };
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-/// One agent's PII settings, ready to use (scanner built).
+/// One agent's PII settings, ready to use (scanners built).
 #[derive(Debug)]
 pub struct AgentPii {
-    pub scanner: Arc<Scanner>,
+    /// One scanner per direction (prompt, output, logs): the agent's scanner
+    /// config scoped to that direction's policy
+    /// ([`ScannerConfig::scoped_to`]: under the built-in prompt policy, the
+    /// secrets pass alone). Directions with the same scope share one.
+    scanners: [Arc<Scanner>; 3],
     pub policies: PiiPolicies,
     pub style: PiiStyle,
 }
 
 impl AgentPii {
+    /// Builds the agent's scanners, taking from `cache` any it already holds.
+    pub fn build(spec: &PiiSpec, cache: &mut ScannerCache) -> Result<AgentPii, PiiError> {
+        let mut scoped = |d: Direction| cache.get(&spec.scanner.scoped_to(spec.policies.get(d)));
+        Ok(AgentPii {
+            scanners: [
+                scoped(Direction::Prompt)?,
+                scoped(Direction::Output)?,
+                scoped(Direction::Logs)?,
+            ],
+            policies: spec.policies.clone(),
+            style: spec.style,
+        })
+    }
+
+    /// The scanner for `direction`.
+    pub fn scanner(&self, direction: Direction) -> &Arc<Scanner> {
+        &self.scanners[match direction {
+            Direction::Prompt => 0,
+            Direction::Output => 1,
+            Direction::Logs => 2,
+        }]
+    }
+
     /// Whether `direction` needs a scan at all.
     pub fn active(&self, direction: Direction) -> bool {
         self.policies.get(direction).strictest_possible() > Action::Allow
+    }
+}
+
+/// Scanners by config, so agents (and directions) with the same config share
+/// one: a scanner holds compiled automata and regexes.
+#[derive(Debug, Default)]
+pub struct ScannerCache(Vec<(ScannerConfig, Arc<Scanner>)>);
+
+impl ScannerCache {
+    /// The scanner for `config`, built on first use.
+    pub fn get(&mut self, config: &ScannerConfig) -> Result<Arc<Scanner>, PiiError> {
+        if let Some((_, s)) = self.0.iter().find(|(c, _)| c == config) {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(Scanner::new(config)?);
+        self.0.push((config.clone(), s.clone()));
+        Ok(s)
     }
 }
 
@@ -445,7 +490,7 @@ pub async fn apply_body(
     let mut per_field: Vec<(usize, Vec<Finding>)> = Vec::new();
     walk(body, &mut |s: &mut String| {
         field += 1;
-        pii.scanner.scan_into(s, &mut found);
+        pii.scanner(direction).scan_into(s, &mut found);
         for f in &found {
             tally.add(field, f, policy.action_for(&f.kind));
         }
@@ -767,7 +812,7 @@ impl StreamFilter {
             self.channels.insert(
                 ch.clone(),
                 ChannelState {
-                    scanner: StreamScanner::new(self.pii.scanner.clone()),
+                    scanner: StreamScanner::new(self.pii.scanner(Direction::Output).clone()),
                     template: template(),
                 },
             );
@@ -1164,7 +1209,7 @@ impl StreamFilter {
             return Ok(false);
         };
         let mut found = Vec::new();
-        self.pii.scanner.scan_into(s, &mut found);
+        self.pii.scanner(Direction::Output).scan_into(s, &mut found);
         if found.is_empty() {
             return Ok(false);
         }
@@ -1202,7 +1247,7 @@ impl StreamFilter {
             if err.is_some() {
                 return;
             }
-            pii.scanner.scan_into(s, &mut found);
+            pii.scanner(Direction::Output).scan_into(s, &mut found);
             for f in &found {
                 tally.add(field, f, policy.action_for(&f.kind));
             }
@@ -1283,6 +1328,7 @@ fn encode(name: Option<&str>, v: &Value) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ironcage_shared::pii::KindSet;
     use serde_json::json;
 
     fn agent() -> AgentName {
@@ -1290,15 +1336,20 @@ mod tests {
     }
 
     fn pii(prompt: &str, output: &str) -> Arc<AgentPii> {
-        Arc::new(AgentPii {
-            scanner: Arc::new(Scanner::default()),
+        pii_styled(prompt, output, PiiStyle::Label)
+    }
+
+    fn pii_styled(prompt: &str, output: &str, style: PiiStyle) -> Arc<AgentPii> {
+        let spec = PiiSpec {
             policies: PiiPolicies {
                 prompt: Policy::parse(prompt).unwrap(),
                 output: Policy::parse(output).unwrap(),
                 logs: Policy::allow_all(),
             },
-            style: PiiStyle::Label,
-        })
+            style,
+            scanner: ScannerConfig::default(),
+        };
+        Arc::new(AgentPii::build(&spec, &mut ScannerCache::default()).unwrap())
     }
 
     fn collect(api: Api, body: &mut Value, req: bool) -> Vec<String> {
@@ -1361,6 +1412,28 @@ mod tests {
         assert_eq!(collect(Api::Responses, &mut resp_out, false), ["o", "g"]);
     }
 
+    #[test]
+    fn each_direction_scans_for_what_its_policy_acts_on() {
+        let mut cache = ScannerCache::default();
+        let built_in = AgentPii::build(&PiiSpec::default(), &mut cache).unwrap();
+        // Prompts: the built-in policy blocks secrets and nothing else.
+        let prompt = built_in.scanner(Direction::Prompt);
+        assert_eq!(prompt.kinds(), KindSet::secrets());
+        // Logs redact personal data too: the whole scanner.
+        assert_eq!(built_in.scanner(Direction::Logs).kinds(), KindSet::all());
+        assert!(prompt.scan("jane@example.com, +1 415-555-2671").is_empty());
+        assert_eq!(
+            prompt.scan("key sk-proj-Q2x9Lm4Tz8Kp1Rw7Yb3Nc6Vd5Fg0Hj2Kl4Mn6Pq8Rs")[0].kind,
+            Kind::OpenAiKey
+        );
+        // Another agent with the same settings shares the scanners.
+        let again = AgentPii::build(&PiiSpec::default(), &mut cache).unwrap();
+        assert!(Arc::ptr_eq(prompt, again.scanner(Direction::Prompt)));
+        // A prompt policy that redacts e-mail gets every detector.
+        let p = pii("email=redact, secrets=block", "");
+        assert_eq!(p.scanner(Direction::Prompt).kinds(), KindSet::all());
+    }
+
     #[tokio::test]
     async fn bodies_are_redacted_blocked_or_passed() {
         let p = pii("email=redact, secrets=block, ip=allow", "");
@@ -1402,11 +1475,7 @@ mod tests {
         );
 
         // Token style without a store: fail closed.
-        let tok = AgentPii {
-            scanner: Arc::new(Scanner::default()),
-            policies: p.policies.clone(),
-            style: PiiStyle::Token,
-        };
+        let tok = pii_styled("email=redact, secrets=block, ip=allow", "", PiiStyle::Token);
         let mut body =
             json!({"model": "m", "messages": [{"role": "user", "content": "jane@example.com"}]});
         let e = apply_body(&tok, None, &agent(), Direction::Prompt, &mut body, walk)

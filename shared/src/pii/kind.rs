@@ -364,6 +364,10 @@ impl KindSet {
         KindSet(self.0 | other.0)
     }
 
+    pub fn intersection(self, other: KindSet) -> KindSet {
+        KindSet(self.0 & other.0)
+    }
+
     pub fn intersects(self, other: KindSet) -> bool {
         self.0 & other.0 != 0
     }

@@ -17,6 +17,7 @@
 use super::checks::is_word;
 use super::kind::{Confidence, Finding, Kind, KindSet, UnknownKind};
 use super::numeric::{self, Cluster};
+use super::policy::{Action, Policy};
 use super::secrets::Prefilter;
 use super::{email, iban, ipv6};
 use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
@@ -81,6 +82,41 @@ pub struct ScannerConfig {
     pub custom: Vec<CustomPattern>,
     #[serde(default)]
     pub allow: Allowlist,
+}
+
+impl ScannerConfig {
+    /// The part of this config a text direction under `policy` needs: when
+    /// every kind `policy` acts on (an action above `allow`) is a secret, the
+    /// personal-data and IP detectors and the custom patterns are dropped, so
+    /// the scan is the secrets prefilter alone. That is the built-in prompt
+    /// policy (`secrets = "block"`), and it halves the gateway's work on a
+    /// prose prompt (the byte walk and the numeric and e-mail parsers are most
+    /// of a scan).
+    ///
+    /// Exact: the scoped scanner reports the same findings of the acted-on
+    /// kinds as the full one. The secrets pass runs on its own; what the
+    /// dropped detectors find is only ever allowed, and cannot hide a secret
+    /// in an overlap (every secret outranks every other kind, custom
+    /// patterns included, see `Kind::priority`). Any other policy keeps the
+    /// whole config, since personal-data kinds and custom patterns do hide
+    /// one another in overlaps and in the numeric parser's order.
+    pub fn scoped_to(&self, policy: &Policy) -> ScannerConfig {
+        let kinds = self.kinds.unwrap_or_default();
+        let acts = |k: &Kind| policy.action_for(k) > Action::Allow;
+        let beyond_secrets = kinds.iter().any(|k| !k.is_secret() && acts(&k))
+            || self
+                .custom
+                .iter()
+                .any(|c| acts(&Kind::Custom(Arc::from(c.name.as_str()))));
+        if beyond_secrets {
+            return self.clone();
+        }
+        ScannerConfig {
+            kinds: Some(kinds.intersection(KindSet::secrets())),
+            custom: Vec::new(),
+            ..self.clone()
+        }
+    }
 }
 
 /// Why a scanner could not be built from its config.
@@ -582,6 +618,103 @@ mod tests {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         assert_eq!(got, want);
+    }
+
+    fn config(toml_like: serde_json::Value) -> ScannerConfig {
+        serde_json::from_value(toml_like).unwrap()
+    }
+
+    #[test]
+    fn scoping_to_a_secrets_only_policy_keeps_the_secrets_alone() {
+        let full = config(serde_json::json!({
+            "custom": [{"name": "emp", "pattern": "EMP-\\d{6}"}],
+            "allow": {"exact": ["a@b.co"]},
+        }));
+        let scoped = full.scoped_to(&Policy::parse("secrets=block").unwrap());
+        assert_eq!(scoped.kinds, Some(KindSet::secrets()));
+        assert!(scoped.custom.is_empty());
+        assert_eq!(scoped.allow, full.allow);
+        // A single secret kind, or an explicit allow for the rest: the same.
+        for p in ["openai_key=block", "secrets=redact,pii=allow,emp=allow"] {
+            let got = full.scoped_to(&Policy::parse(p).unwrap());
+            assert_eq!(got.kinds, Some(KindSet::secrets()), "{p}");
+        }
+        // Configured kinds stay a ceiling.
+        let narrow = config(serde_json::json!({"kinds": ["openai_key", "email"]}));
+        let got = narrow.scoped_to(&Policy::parse("secrets=block").unwrap());
+        assert_eq!(got.kinds, Some(KindSet::parse("openai_key").unwrap()));
+    }
+
+    #[test]
+    fn scoping_keeps_everything_once_the_policy_acts_beyond_secrets() {
+        let full = config(serde_json::json!({
+            "custom": [{"name": "emp", "pattern": "EMP-\\d{6}"}],
+        }));
+        for p in [
+            "secrets=block,email=redact",
+            "phone=log",
+            "default=log",
+            "secrets=block,emp=redact",
+            "custom=log",
+            "ip=redact",
+        ] {
+            assert_eq!(full.scoped_to(&Policy::parse(p).unwrap()), full, "{p}");
+        }
+    }
+
+    #[test]
+    fn every_secret_outranks_every_other_kind() {
+        // What makes scoping exact: a dropped kind never wins an overlap
+        // against a kept secret.
+        let custom = Kind::Custom(Arc::from("emp"));
+        for secret in KindSet::secrets().iter() {
+            for other in KindSet::all().iter().filter(|k| !k.is_secret()) {
+                assert!(
+                    secret.priority() > other.priority(),
+                    "{secret:?} vs {other:?}"
+                );
+            }
+            assert!(
+                secret.priority() > custom.priority(),
+                "{secret:?} vs custom"
+            );
+        }
+    }
+
+    #[test]
+    fn a_scoped_scan_finds_what_the_full_scan_finds_of_the_acted_on_kinds() {
+        let full_config = config(serde_json::json!({
+            "custom": [{"name": "tok", "pattern": "[A-Za-z0-9_-]{12,}"}],
+            "allow": {"exact": ["AKIAZ3MHQ5XW7T2LNB4K"]},
+        }));
+        let policy = Policy::parse("secrets=block").unwrap();
+        let full = Scanner::new(&full_config).unwrap();
+        let scoped = Scanner::new(&full_config.scoped_to(&policy)).unwrap();
+        assert!(!scoped.has_custom());
+        let texts = [
+            "mail jane.doe@example.com key sk-proj-Q2x9Lm4Tz8Kp1Rw7Yb3Nc6Vd0 done",
+            // A key inside what also reads as a custom token and an e-mail.
+            "x sk-proj-Q2x9Lm4Tz8Kp1Rw7Yb3Nc6Vd0@example.com y",
+            "ghp_0123456789abcdefghijklmnopqrstuvwxyzAB 4111 1111 1111 1111",
+            "allowed AKIAZ3MHQ5XW7T2LNB4K but not AKIAQ7WXZ2LMN4PRS5TB, call +1 415-555-2671",
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIEow==\n-----END RSA PRIVATE KEY----- 203.0.113.7",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+            "nothing here but prose, 42 apples and 2001:db8::7",
+        ];
+        let mut any = 0;
+        for text in texts {
+            let want: Vec<Finding> = full
+                .scan(text)
+                .into_iter()
+                .filter(|f| policy.action_for(&f.kind) > Action::Allow)
+                .collect();
+            any += want.len();
+            assert_eq!(scoped.scan(text), want, "{text}");
+        }
+        assert!(
+            any >= 5,
+            "the texts must hold secrets for this to test anything"
+        );
     }
 
     #[test]
