@@ -15,7 +15,7 @@
 #
 #   bench/gateway-instructions.sh                      # the built release daemon
 #   DAEMON=/path/to/other/ironcaged bench/gateway-instructions.sh
-#   PII_MODE=off bench/gateway-instructions.sh         # off, default or redact
+#   PII_MODE=off bench/gateway-instructions.sh         # off, default, scan or redact
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE=${RATE:-100}

@@ -7,11 +7,14 @@
 # budget reservation and settlement (the agent has a budget), JSON parse,
 # upstream with the real key injected, usage extraction and pricing.
 #
-# It runs once per PII mode (PII_MODES, default "off default redact"), so the
+# It runs once per PII mode (PII_MODES, default "off default scan redact"), so the
 # cost of the PII policy on the request path shows as the difference:
 #   off      [pii] prompt = {}: no scan at all
-#   default  the built-in policy (secrets block): every 4 KiB prompt scanned,
-#            nothing to rewrite (the prompts hold emails, phones, IPs, no keys)
+#   default  the built-in policy (secrets block): every 4 KiB prompt scanned
+#            for secrets, nothing to rewrite (the prompts hold emails, phones,
+#            IPs, no keys)
+#   scan     secrets block, everything else logged: every prompt scanned for
+#            every kind (the findings logged at info), nothing rewritten
 #   redact   emails and phones redacted, everything else logged: every prompt
 #            scanned, rewritten and re-encoded
 #
@@ -36,7 +39,7 @@ ROUNDS=${ROUNDS:-10}
 WARMUP=${WARMUP:-0.5}
 STATE_PARENT=${STATE_PARENT:-/tmp}
 PROMPT_BYTES=${PROMPT_BYTES:-4096}
-PII_MODES=${PII_MODES:-off default redact}
+PII_MODES=${PII_MODES:-off default scan redact}
 
 cargo build --release --locked -q -p ironcaged -p ironctl -p ironcage-mock-provider -p ironcage-bench
 BIN="$PWD/target/release"
@@ -61,7 +64,7 @@ MOCK=$(cat "$RUN/mock.addr")
 # phases included, so read it as shares, not per-call figures): which of its
 # threads the calls cost, the gateway workers or the ledger's writer, say.
 threads_cpu() {
-    local pid=$1 hz total=0
+    local pid=$1 hz
     hz=$(getconf CLK_TCK)
     echo "ironcaged CPU by thread (ms, user+system):"
     for t in /proc/"$pid"/task/*; do
@@ -80,9 +83,11 @@ run_mode() {
         off) pii_global='[pii]
 prompt = {}' ;;
         default) ;;
+        scan) pii_agent='[agent.pii]
+prompt = { secrets = "block", default = "log" }' ;;
         redact) pii_agent='[agent.pii]
 prompt = { email = "redact", phone = "redact", secrets = "block", default = "log" }' ;;
-        *) echo "unknown PII mode $mode (off, default, redact)"; exit 2 ;;
+        *) echo "unknown PII mode $mode (off, default, scan, redact)"; exit 2 ;;
     esac
     rm -rf "$RUN/state" "$RUN/report.txt" "$RUN/report.part"
     cat > "$RUN/ironcaged.toml" <<TOML

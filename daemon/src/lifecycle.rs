@@ -88,6 +88,58 @@ fn open_secrets(
     Ok(secrets)
 }
 
+/// The PII token store, sealing with the master key when the daemon has one;
+/// tokens an earlier run sealed with the key file move under it (and the file
+/// goes) before anything is served. A re-seal that cannot run is logged, not
+/// fatal: those tokens stay revealable with the file, as before.
+fn open_pii_vault(
+    store: &Arc<crate::store::Store>,
+    state_dir: &Path,
+    secrets: &crate::secrets::Secrets,
+) -> anyhow::Result<crate::pii_vault::PiiVault> {
+    let mut vault = crate::pii_vault::PiiVault::open(store.clone(), state_dir)?;
+    let Some(key) = secrets.pii_token_key() else {
+        return Ok(vault);
+    };
+    vault = vault.with_master_key(key);
+    let resealed = vault.seal_file_tokens_under_master();
+    if let Ok(Some(r)) = &resealed {
+        secrets.audit().record(
+            crate::audit::Draft::new(
+                crate::audit::Actor::daemon(),
+                "pii_tokens_resealed",
+                crate::pii_vault::KEY_FILE,
+                ironcage_shared::protocol::AuditOutcome::Ok,
+            )
+            .detail(format!(
+                "{} tokens re-sealed with the secrets master key; {} left under the key file, which was {}",
+                r.moved,
+                r.left,
+                if r.key_removed { "deleted" } else { "kept" }
+            )),
+        );
+    }
+    match resealed {
+        Ok(None) => {}
+        Ok(Some(r)) if r.key_removed => tracing::info!(
+            tokens = r.moved,
+            "PII tokens re-sealed with the secrets master key; the token key file {} was deleted",
+            crate::pii_vault::KEY_FILE
+        ),
+        Ok(Some(r)) => tracing::warn!(
+            tokens = r.moved,
+            unreadable = r.left,
+            "PII tokens re-sealed with the secrets master key, except {} the token key file {} cannot open; the file is kept for them",
+            r.left,
+            crate::pii_vault::KEY_FILE
+        ),
+        Err(e) => tracing::warn!(
+            "PII tokens sealed with the token key file stay so (with the master key, new ones are not): {e}"
+        ),
+    }
+    Ok(vault)
+}
+
 /// Stops a running daemon from another thread (tests, embedding).
 #[derive(Debug, Clone)]
 pub struct Shutdown(watch::Sender<bool>);
@@ -322,7 +374,7 @@ pub fn run(opts: RunOptions, shutdown: Shutdown) -> anyhow::Result<()> {
                 }
             });
         });
-        let pii_vault = Arc::new(crate::pii_vault::PiiVault::open(store.clone(), &paths.state_dir)?);
+        let pii_vault = Arc::new(open_pii_vault(&store, &paths.state_dir, &secrets)?);
         let budget = BudgetHandle::start(
             store,
             budget_agents(&config),

@@ -3,15 +3,21 @@
 //! it later (`ironctl pii reveal TOKEN`).
 //!
 //! - Table `pii_tokens` (component `pii_vault`, schema version
-//!   [`SCHEMA_VERSION`]): token → `kind_len u8 | kind | nonce (12) | ciphertext`.
-//!   The kind is stored in clear (it is not personal); the AEAD's associated data
-//!   binds the token and kind to the ciphertext, so a row copied under another
-//!   token does not decrypt.
-//! - The key: for now 256 random bits created on first use in
-//!   `STATE_DIR/pii-vault.key` (mode 0600, refused if group/world-readable). It
-//!   is loaded lazily, so a daemon that never tokenizes has no key file. The
-//!   secrets store's master key may later replace it: only [`PiiVault::cipher`]
-//!   knows where the key comes from.
+//!   [`SCHEMA_VERSION`]): token → `kind_len u8 | kind | nonce (12) | ciphertext`,
+//!   with [`SEALED_BY_MASTER`] set in the first byte when the master-derived key
+//!   sealed it. The kind is stored in clear (it is not personal); the AEAD's
+//!   associated data binds the token, the kind and the key used to the
+//!   ciphertext, so a row copied under another token does not decrypt.
+//! - The key: with a master key (secrets enabled), one derived from the
+//!   secrets store's key material ([`crate::secrets::crypto::pii_token_key`]):
+//!   never on disk, opened only by the master key, unchanged by a rekey.
+//!   Without one, 256 random bits created on first use in
+//!   `STATE_DIR/pii-vault.key` (mode 0600, refused if group/world-readable),
+//!   loaded lazily, so a daemon that never tokenizes has no key file. Each row
+//!   says which key sealed it (the high bit of its first byte), so a daemon
+//!   given a master key after running without one still reveals the older
+//!   tokens, and [`PiiVault::seal_file_tokens_under_master`] (run at start)
+//!   re-seals them under the master key and deletes the key file.
 //! - Writes are batched: a [`Minter`] encrypts as the redactor asks for tokens
 //!   and [`Minter::commit`] writes them all in one durable transaction, before
 //!   the redacted text is released (a token that could not be stored is never
@@ -24,7 +30,7 @@ use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use ironcage_shared::pii::{Kind, TokenizeError, Tokenizer};
 use rand::RngCore;
-use redb::TableDefinition;
+use redb::{ReadableTable, TableDefinition};
 use std::fmt;
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -41,6 +47,10 @@ pub const TOKEN_PREFIX: &str = "tok_";
 const TOKEN_HEX: usize = 24;
 
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("pii_tokens");
+
+/// Set in a row's first byte (the kind name's length, at most 32) when the
+/// master-derived key sealed the row; clear for the key file.
+pub const SEALED_BY_MASTER: u8 = 0x80;
 
 /// Why the vault could not do something. Never holds a value.
 #[derive(Debug, thiserror::Error)]
@@ -81,26 +91,49 @@ pub enum VaultError {
         "PII token {token} cannot be decrypted with the current key (the key file was replaced, or the row is damaged)"
     )]
     Decrypt { token: String },
+    #[error(
+        "PII token {token} is sealed with the secrets master key, and ironcaged runs without one; start it with its master key to reveal the token"
+    )]
+    NeedsMasterKey { token: String },
     #[error("PII token {token}: its stored row is damaged")]
     BadRow { token: String },
     #[error("cannot encrypt a PII value")]
     Encrypt,
 }
 
-/// The token store: table in the daemon's redb file, key in the state directory.
+/// The token store: table in the daemon's redb file; key derived from the
+/// master key, or in the state directory without one.
 pub struct PiiVault {
     store: Arc<Store>,
     key_path: PathBuf,
-    cipher: Mutex<Option<Arc<Aes256Gcm>>>,
+    /// With a master key: the cipher new tokens are sealed with.
+    master: Option<Arc<Aes256Gcm>>,
+    /// The key file's cipher, loaded on first use.
+    file: Mutex<Option<Arc<Aes256Gcm>>>,
 }
 
 impl fmt::Debug for PiiVault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PiiVault")
             .field("key_path", &self.key_path)
-            .field("key_loaded", &self.cipher.lock().is_ok_and(|c| c.is_some()))
+            .field("master_key", &self.master.is_some())
+            .field(
+                "key_file_loaded",
+                &self.file.lock().is_ok_and(|c| c.is_some()),
+            )
             .finish()
     }
+}
+
+/// What [`PiiVault::seal_file_tokens_under_master`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resealed {
+    /// Tokens now sealed with the master-derived key.
+    pub moved: usize,
+    /// Tokens the key file could not open (left as they were).
+    pub left: usize,
+    /// Whether the key file was deleted (nothing is left that needs it).
+    pub key_removed: bool,
 }
 
 /// A revealed original. Printed as `[REDACTED]`.
@@ -135,13 +168,99 @@ impl PiiVault {
         Ok(PiiVault {
             store,
             key_path: state_dir.join(KEY_FILE),
-            cipher: Mutex::new(None),
+            master: None,
+            file: Mutex::new(None),
         })
     }
 
-    /// The cipher, loading the key (or creating it, when `create`) on first use.
-    fn cipher(&self, create: bool) -> Result<Arc<Aes256Gcm>, VaultError> {
-        let mut slot = self.cipher.lock().unwrap_or_else(|p| p.into_inner());
+    /// Seals new tokens with `key` (the secrets store's
+    /// [`crate::secrets::Secrets::pii_token_key`]) instead of the key file.
+    pub fn with_master_key(mut self, key: &crate::secrets::crypto::Key) -> PiiVault {
+        self.master = Some(Arc::new(
+            Aes256Gcm::new_from_slice(&key.expose()[..]).expect("32-byte key"),
+        ));
+        self
+    }
+
+    /// With a master key and a key file: re-seals every token the key file
+    /// sealed under the master-derived key, in one durable transaction, then
+    /// deletes the key file, so no key to the stored originals is left on
+    /// disk. `None` when there is nothing to do. Idempotent; a token the key
+    /// file cannot open is left as it is, and the file kept for it. Blocking:
+    /// run at start, before the gateway mints.
+    pub fn seal_file_tokens_under_master(&self) -> Result<Option<Resealed>, VaultError> {
+        let Some(master) = &self.master else {
+            return Ok(None);
+        };
+        match std::fs::symlink_metadata(&self.key_path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            _ => {}
+        }
+        let file = self.file_cipher(false)?;
+        let store = &self.store;
+        let txn = store.begin_write()?;
+        let mut left = 0usize;
+        let moved = {
+            let mut table = txn
+                .open_table(TOKENS)
+                .map_err(|e| store.err("open the PII token table", e))?;
+            let mut resealed: Vec<(String, Vec<u8>)> = Vec::new();
+            for entry in table
+                .iter()
+                .map_err(|e| store.err("read the PII token table", e))?
+            {
+                let (token, row) = entry.map_err(|e| store.err("read the PII token table", e))?;
+                let token = token.value();
+                let Ok(r) = Row::parse(row.value()) else {
+                    left += 1;
+                    continue;
+                };
+                if r.by_master {
+                    continue;
+                }
+                match r.open(&file, token) {
+                    Some(plain) => resealed
+                        .push((token.to_owned(), seal(master, true, token, r.kind, &plain)?)),
+                    None => left += 1,
+                }
+            }
+            for (token, row) in &resealed {
+                table
+                    .insert(token.as_str(), row.as_slice())
+                    .map_err(|e| store.err("write a PII token", e))?;
+            }
+            resealed.len()
+        };
+        if moved > 0 {
+            store.commit(txn, "re-seal PII tokens under the master key")?;
+        } else {
+            txn.abort()
+                .map_err(|e| store.err("abort the PII token re-seal", e))?;
+        }
+        let key_removed = left == 0;
+        if key_removed {
+            std::fs::remove_file(&self.key_path).map_err(|source| VaultError::KeyUnreadable {
+                path: self.key_path.clone(),
+                source,
+            })?;
+            if let Some(dir) = self.key_path.parent()
+                && let Ok(d) = std::fs::File::open(dir)
+            {
+                let _ = d.sync_all();
+            }
+            *self.file.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        Ok(Some(Resealed {
+            moved,
+            left,
+            key_removed,
+        }))
+    }
+
+    /// The key file's cipher, loading the key (or creating it, when
+    /// `create`) on first use.
+    fn file_cipher(&self, create: bool) -> Result<Arc<Aes256Gcm>, VaultError> {
+        let mut slot = self.file.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
@@ -159,9 +278,14 @@ impl PiiVault {
     /// A tokenizer for one text (or one request): tokens are minted in memory
     /// and stored by [`Minter::commit`].
     pub fn minter(self: &Arc<Self>) -> Result<Minter, VaultError> {
+        let (cipher, by_master) = match &self.master {
+            Some(m) => (m.clone(), true),
+            None => (self.file_cipher(true)?, false),
+        };
         Ok(Minter {
             vault: self.clone(),
-            cipher: self.cipher(true)?,
+            cipher,
+            by_master,
             rows: Vec::new(),
         })
     }
@@ -184,31 +308,104 @@ impl PiiVault {
         let bad = || VaultError::BadRow {
             token: token.clone(),
         };
-        let (&klen, rest) = row.split_first().ok_or_else(bad)?;
-        let klen = klen as usize;
-        if rest.len() < klen + 12 {
-            return Err(bad());
-        }
-        let kind = std::str::from_utf8(&rest[..klen]).map_err(|_| bad())?;
-        let nonce = &rest[klen..klen + 12];
-        let ct = &rest[klen + 12..];
-        let cipher = self.cipher(false)?;
-        let aad = aad(&token, kind);
-        let plain = cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: &aad })
-            .map_err(|_| VaultError::Decrypt {
-                token: token.clone(),
-            })?;
-        let value = String::from_utf8(plain).map_err(|e| {
+        let r = Row::parse(row).map_err(|()| bad())?;
+        let cipher = if r.by_master {
+            self.master
+                .clone()
+                .ok_or_else(|| VaultError::NeedsMasterKey {
+                    token: token.clone(),
+                })?
+        } else {
+            self.file_cipher(false)?
+        };
+        let plain = r.open(&cipher, &token).ok_or_else(|| VaultError::Decrypt {
+            token: token.clone(),
+        })?;
+        let value = String::from_utf8(plain.to_vec()).map_err(|e| {
             let mut b = e.into_bytes();
             zeroize::Zeroize::zeroize(&mut b);
             bad()
         })?;
         Ok(Revealed {
-            kind: kind.to_owned(),
+            kind: r.kind.to_owned(),
             value: Zeroizing::new(value),
         })
     }
+}
+
+/// A stored row, split (see the module docs for the layout).
+struct Row<'a> {
+    by_master: bool,
+    kind: &'a str,
+    nonce: &'a [u8],
+    ct: &'a [u8],
+}
+
+impl<'a> Row<'a> {
+    fn parse(row: &'a [u8]) -> Result<Row<'a>, ()> {
+        let (&first, rest) = row.split_first().ok_or(())?;
+        let klen = usize::from(first & !SEALED_BY_MASTER);
+        if rest.len() < klen + 12 {
+            return Err(());
+        }
+        Ok(Row {
+            by_master: first & SEALED_BY_MASTER != 0,
+            kind: std::str::from_utf8(&rest[..klen]).map_err(|_| ())?,
+            nonce: &rest[klen..klen + 12],
+            ct: &rest[klen + 12..],
+        })
+    }
+
+    /// The plaintext, or `None` when `cipher` does not open the row.
+    fn open(&self, cipher: &Aes256Gcm, token: &str) -> Option<Zeroizing<Vec<u8>>> {
+        let aad = aad(token, self.kind, self.by_master);
+        cipher
+            .decrypt(
+                Nonce::from_slice(self.nonce),
+                Payload {
+                    msg: self.ct,
+                    aad: &aad,
+                },
+            )
+            .ok()
+            .map(Zeroizing::new)
+    }
+}
+
+/// A row holding `value` sealed with `cipher` under a fresh nonce.
+fn seal(
+    cipher: &Aes256Gcm,
+    by_master: bool,
+    token: &str,
+    kind: &str,
+    value: &[u8],
+) -> Result<Vec<u8>, VaultError> {
+    let klen = u8::try_from(kind.len())
+        .ok()
+        .filter(|n| n & SEALED_BY_MASTER == 0)
+        .ok_or(VaultError::Encrypt)?;
+    let mut nonce = [0u8; 12];
+    rand::rng().fill_bytes(&mut nonce);
+    let aad = aad(token, kind, by_master);
+    let ct = cipher
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: value,
+                aad: &aad,
+            },
+        )
+        .map_err(|_| VaultError::Encrypt)?;
+    let mut row = Vec::with_capacity(1 + kind.len() + 12 + ct.len());
+    row.push(if by_master {
+        klen | SEALED_BY_MASTER
+    } else {
+        klen
+    });
+    row.extend_from_slice(kind.as_bytes());
+    row.extend_from_slice(&nonce);
+    row.extend_from_slice(&ct);
+    Ok(row)
 }
 
 /// Records that `uid` revealed `token` (or tried to): the one call site the audit
@@ -230,11 +427,16 @@ pub fn token_for_log(input: &str) -> String {
     normalize_token(input).unwrap_or_else(|_| "(not a token)".to_owned())
 }
 
-fn aad(token: &str, kind: &str) -> Vec<u8> {
-    let mut a = Vec::with_capacity(token.len() + kind.len() + 1);
+/// `token NUL kind`, plus `NUL master` for rows the master-derived key seals
+/// (so the key a row was sealed with is authenticated too).
+fn aad(token: &str, kind: &str, by_master: bool) -> Vec<u8> {
+    let mut a = Vec::with_capacity(token.len() + kind.len() + 8);
     a.extend_from_slice(token.as_bytes());
     a.push(0);
     a.extend_from_slice(kind.as_bytes());
+    if by_master {
+        a.extend_from_slice(b"\0master");
+    }
     a
 }
 
@@ -334,6 +536,8 @@ fn load_or_create_key(path: &Path, create: bool) -> Result<Zeroizing<Vec<u8>>, V
 pub struct Minter {
     vault: Arc<PiiVault>,
     cipher: Arc<Aes256Gcm>,
+    /// Whether `cipher` is the master-derived key.
+    by_master: bool,
     rows: Vec<(String, Vec<u8>)>,
 }
 
@@ -382,27 +586,14 @@ impl Tokenizer for Minter {
         for b in raw {
             token.push_str(&format!("{b:02x}"));
         }
-        let mut nonce = [0u8; 12];
-        rand::rng().fill_bytes(&mut nonce);
-        let kind_name = kind.name();
-        let aad = aad(&token, kind_name);
-        let ct = self
-            .cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: value.as_bytes(),
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| TokenizeError(VaultError::Encrypt.to_string()))?;
-        let klen = u8::try_from(kind_name.len())
-            .map_err(|_| TokenizeError("PII kind name too long to store".to_owned()))?;
-        let mut row = Vec::with_capacity(1 + kind_name.len() + 12 + ct.len());
-        row.push(klen);
-        row.extend_from_slice(kind_name.as_bytes());
-        row.extend_from_slice(&nonce);
-        row.extend_from_slice(&ct);
+        let row = seal(
+            &self.cipher,
+            self.by_master,
+            &token,
+            kind.name(),
+            value.as_bytes(),
+        )
+        .map_err(|e| TokenizeError(e.to_string()))?;
         self.rows.push((token.clone(), row));
         Ok(token)
     }
@@ -411,11 +602,139 @@ impl Tokenizer for Minter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secrets::crypto::Key;
     use ironcage_shared::pii::{RedactStyle, Scanner, redact};
 
     fn vault(dir: &Path) -> Arc<PiiVault> {
         let store = Arc::new(Store::open(dir).unwrap());
         Arc::new(PiiVault::open(store, dir).unwrap())
+    }
+
+    fn vault_with(dir: &Path, master: &Key) -> Arc<PiiVault> {
+        let store = Arc::new(Store::open(dir).unwrap());
+        Arc::new(PiiVault::open(store, dir).unwrap().with_master_key(master))
+    }
+
+    fn mint(v: &Arc<PiiVault>, value: &str) -> String {
+        let mut m = v.minter().unwrap();
+        let t = m.tokenize(&Kind::Email, value).unwrap();
+        m.commit().unwrap();
+        t
+    }
+
+    fn first_byte(v: &PiiVault, token: &str) -> u8 {
+        let txn = v.store.begin_read().unwrap();
+        let t = txn.open_table(TOKENS).unwrap();
+        t.get(token).unwrap().unwrap().value()[0]
+    }
+
+    #[test]
+    fn with_a_master_key_no_key_file_is_written_and_only_that_key_reveals() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = Key::random();
+        let v = vault_with(dir.path(), &k);
+        let t = mint(&v, "a@example.com");
+        assert!(!dir.path().join(KEY_FILE).exists());
+        assert_eq!(first_byte(&v, &t), SEALED_BY_MASTER | 5);
+        assert_eq!(v.reveal(&t).unwrap().value.as_str(), "a@example.com");
+        drop(v);
+        // Restarted with the same key: still revealed.
+        let v = vault_with(dir.path(), &k);
+        assert_eq!(v.reveal(&t).unwrap().value.as_str(), "a@example.com");
+        drop(v);
+        // Without a master key: says which key it needs, creates no key file.
+        let e = vault(dir.path()).reveal(&t).unwrap_err();
+        assert!(matches!(e, VaultError::NeedsMasterKey { .. }), "{e}");
+        assert!(e.to_string().contains("master key"), "{e}");
+        assert!(!dir.path().join(KEY_FILE).exists());
+        // Another master key does not open it.
+        let e = vault_with(dir.path(), &Key::random())
+            .reveal(&t)
+            .unwrap_err();
+        assert!(matches!(e, VaultError::Decrypt { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_master_key_re_seals_the_key_files_tokens_and_deletes_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (t1, t2) = {
+            let v = vault(dir.path());
+            (mint(&v, "one@example.com"), mint(&v, "two@example.com"))
+        };
+        let key_file = dir.path().join(KEY_FILE);
+        assert!(key_file.exists());
+        let k = Key::random();
+        let v = vault_with(dir.path(), &k);
+        // Before the re-seal, a key-file token still reveals.
+        assert_eq!(v.reveal(&t1).unwrap().value.as_str(), "one@example.com");
+        let t3 = mint(&v, "three@example.com");
+        assert_eq!(
+            v.seal_file_tokens_under_master().unwrap(),
+            Some(Resealed {
+                moved: 2,
+                left: 0,
+                key_removed: true
+            })
+        );
+        assert!(!key_file.exists());
+        for (t, want) in [
+            (&t1, "one@example.com"),
+            (&t2, "two@example.com"),
+            (&t3, "three@example.com"),
+        ] {
+            assert_eq!(first_byte(&v, t) & SEALED_BY_MASTER, SEALED_BY_MASTER);
+            assert_eq!(v.reveal(t).unwrap().value.as_str(), want);
+        }
+        drop(v);
+        // Nothing left to do on the next start.
+        let v = vault_with(dir.path(), &k);
+        assert_eq!(v.seal_file_tokens_under_master().unwrap(), None);
+        assert_eq!(v.reveal(&t2).unwrap().value.as_str(), "two@example.com");
+        drop(v);
+        let e = vault(dir.path()).reveal(&t1).unwrap_err();
+        assert!(matches!(e, VaultError::NeedsMasterKey { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_token_the_key_file_cannot_open_keeps_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bad, good) = {
+            let v = vault(dir.path());
+            let bad = mint(&v, "bad@example.com");
+            let good = mint(&v, "good@example.com");
+            // Damage one row's ciphertext.
+            let txn = v.store.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(TOKENS).unwrap();
+                let mut row = t.get(bad.as_str()).unwrap().unwrap().value().to_vec();
+                *row.last_mut().unwrap() ^= 1;
+                t.insert(bad.as_str(), row.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+            (bad, good)
+        };
+        let v = vault_with(dir.path(), &Key::random());
+        assert_eq!(
+            v.seal_file_tokens_under_master().unwrap(),
+            Some(Resealed {
+                moved: 1,
+                left: 1,
+                key_removed: false
+            })
+        );
+        assert!(dir.path().join(KEY_FILE).exists());
+        assert_eq!(v.reveal(&good).unwrap().value.as_str(), "good@example.com");
+        assert!(matches!(v.reveal(&bad), Err(VaultError::Decrypt { .. })));
+        // A key file that cannot be read fails the re-seal clearly and changes nothing.
+        drop(v);
+        std::fs::set_permissions(
+            dir.path().join(KEY_FILE),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let v = vault_with(dir.path(), &Key::random());
+        let e = v.seal_file_tokens_under_master().unwrap_err();
+        assert!(matches!(e, VaultError::KeyTooOpen { .. }), "{e}");
     }
 
     #[test]

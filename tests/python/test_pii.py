@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from conftest import binary
+from conftest import binary, wait_for
 
 EMAIL = "jane.doe@example.com"
 OPENAI_KEY = "sk-proj-Q2x9Lm4Tz8Kp1Rw7Yb3Nc6Vd5Fg0Hj2Kl4Mn6Pq8Rs"
@@ -224,6 +224,47 @@ def test_scanning_that_cannot_complete_blocks_the_call(cage, mock):
 def run_as(cage, uid, *args):
     return subprocess.run([binary("ironctl"), "--socket", str(cage.socket), *args],
                           capture_output=True, text=True, timeout=60, user=uid, group=uid, extra_groups=[])
+
+
+MASTER_KEY = "pytest master key for the PII token key, long enough"
+
+
+def test_with_a_master_key_tokens_are_sealed_with_it_and_the_key_file_goes(cage, mock):
+    mock.post("/_mock/reset")
+    plan = [{"kind": "chat", "messages": user(f"k1 customer {EMAIL} called")}]
+    steps = run(cage, "k", plan, {"prompt": {"email": "redact"}, "style": "token"})
+    assert steps[0]["ok"], steps[0]
+
+    def tokens():
+        return [re.fullmatch(r"k1 customer \[EMAIL:(tok_[0-9a-f]{24})\] called",
+                             r["body"]["messages"][0]["content"]).group(1)
+                for r in recorded(mock, "k1 ")]
+
+    [before] = tokens()
+    key_file = cage.state / "pii-vault.key"
+    assert key_file.exists()
+    cage.stop()
+
+    # Started with a master key: the older token moves under it, the file goes,
+    # and the agent's second run mints under the master key at once.
+    cage.start(env={"IRON_SECRETS_MASTER_KEY": MASTER_KEY})
+    after = wait_for("the agent's second call", lambda: (t := tokens()) and len(t) == 2 and t[1])
+    assert not key_file.exists()
+    for t in (before, after):
+        assert cage.ctl("pii", "reveal", t).stdout == EMAIL + "\n"
+    log = re.sub(r"\x1b\[[0-9;]*m", "", cage.read_log())
+    assert "tokens=1" in log and "PII tokens re-sealed with the secrets master key" in log, log
+    assert "jane" not in log and MASTER_KEY not in log
+    [entry] = cage.wait_audit("the re-seal's audit entry", lambda e: e["action"] == "pii_tokens_resealed")
+    assert entry["target"] == "pii-vault.key" and "1 tokens re-sealed" in entry["detail"] \
+        and "was deleted" in entry["detail"], entry
+    cage.stop()
+
+    # Without the master key, neither opens, and the error says what to do.
+    cage.start()
+    for t in (before, after):
+        r = cage.ctl("pii", "reveal", t, check=False)
+        assert r.returncode == 1 and "master key" in r.stderr and EMAIL not in r.stdout + r.stderr, r
 
 
 def test_reversible_token_is_revealed_to_admins_only(cage, mock):

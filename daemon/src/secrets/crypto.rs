@@ -188,6 +188,18 @@ impl fmt::Debug for HeadKey {
     }
 }
 
+/// The key sealing reversible PII tokens (see `pii_vault`), derived
+/// (HKDF-SHA256, its own info) from the audit key material: like the head key
+/// it is never stored, opens only with the master key, and survives a rekey
+/// unchanged.
+pub fn pii_token_key(material: &Key) -> Key {
+    let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(b"ironcage-secrets"), material.expose());
+    let mut k = Zeroizing::new([0u8; KEY_LEN]);
+    hk.expand(b"pii token key v1", &mut k[..])
+        .expect("32 bytes from HKDF-SHA256");
+    Key(k)
+}
+
 /// The fields of a head record a MAC covers (everything the record holds).
 #[derive(Debug, Clone, Copy)]
 pub struct HeadFields<'a> {

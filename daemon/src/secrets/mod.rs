@@ -113,6 +113,8 @@ pub fn check_value(name: &str, value: &str) -> Result<(), SecretsError> {
 pub struct Secrets {
     vault: Option<Arc<Vault>>,
     audit: AuditHandle,
+    /// The PII token key ([`crypto::pii_token_key`]), with a master key.
+    pii_key: Option<crypto::Key>,
 }
 
 impl Secrets {
@@ -129,6 +131,9 @@ impl Secrets {
             None => None,
         };
         let audit_key = unlock.as_ref().map(|u| AuditKey::derive(&u.audit_material));
+        let pii_key = unlock
+            .as_ref()
+            .map(|u| crypto::pii_token_key(&u.audit_material));
         let log = Arc::new(AuditLog::open(store, audit_key)?);
         let audit = AuditHandle::start(log);
         let legacy_heads = unlock.as_ref().is_some_and(|u| !u.heads_authenticated);
@@ -139,7 +144,17 @@ impl Secrets {
             let n = v.upgrade_heads(&crate::audit::Actor::daemon())?;
             tracing::info!("secrets store upgraded: {n} head records now carry a MAC");
         }
-        Ok(Secrets { vault, audit })
+        Ok(Secrets {
+            vault,
+            audit,
+            pii_key,
+        })
+    }
+
+    /// The key reversible PII tokens are sealed with when the daemon has a
+    /// master key (derived from the store's key material: never on disk).
+    pub fn pii_token_key(&self) -> Option<&crypto::Key> {
+        self.pii_key.as_ref()
     }
 
     /// The unlocked store, or [`SecretsError::Disabled`].

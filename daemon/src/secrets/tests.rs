@@ -305,8 +305,9 @@ fn canary_never_in_the_raw_file_the_trail_errors_or_debug_output() {
 #[test]
 fn rekey_rewraps_everything_and_only_the_new_key_opens() {
     let dir = tempfile::tempdir().unwrap();
-    {
+    let pii_key = {
         let s = open(dir.path(), Some(KEY_A)).unwrap();
+        let pii_key = s.pii_token_key().unwrap().clone();
         let v = s.vault().unwrap();
         for i in 0..10 {
             v.set(
@@ -327,12 +328,16 @@ fn rekey_rewraps_everything_and_only_the_new_key_opens() {
             "value-3"
         );
         v.set(&admin(), "S0", Production, "after-rekey").unwrap();
-    }
+        pii_key
+    };
     assert!(matches!(
         open(dir.path(), Some(KEY_A)),
         Err(SecretsError::WrongKey { .. })
     ));
     let s = open(dir.path(), Some(KEY_B)).unwrap();
+    // The PII token key comes from the same material: PII tokens sealed
+    // before the rekey still open.
+    assert!(s.pii_token_key() == Some(&pii_key));
     let v = s.vault().unwrap();
     assert_eq!(
         v.read_current("S0", Production).unwrap().expose(),
@@ -350,6 +355,8 @@ fn rekey_rewraps_everything_and_only_the_new_key_opens() {
         r.keyed && r.first_bad.is_none() && r.checkpoints > 20,
         "{r:?}"
     );
+    drop(s);
+    assert!(open(dir.path(), None).unwrap().pii_token_key().is_none());
 }
 
 const CRASH_DIR: &str = "IRONCAGE_TEST_REKEY_CRASH_DIR";
