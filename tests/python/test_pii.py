@@ -226,6 +226,18 @@ def run_as(cage, uid, *args):
                           capture_output=True, text=True, timeout=60, user=uid, group=uid, extra_groups=[])
 
 
+def test_a_log_policy_passes_the_prompt_and_logs_kinds_and_spans_never_values(cage, mock):
+    mock.post("/_mock/reset")
+    plan = [{"kind": "chat", "messages": user(f"l1 mail {EMAIL} now")}]
+    steps = run(cage, "l", plan, {"prompt": {"email": "log"}})
+    assert steps[0]["ok"], steps[0]
+    assert only(mock, "l1 ")["messages"][0]["content"] == f"l1 mail {EMAIL} now"
+    log = re.sub(r"\x1b\[[0-9;]*m", "", cage.read_log())
+    found = [line for line in log.splitlines() if "PII found: " in line and "agent=l " in line]
+    assert len(found) == 1 and "email:log field 1 bytes 8..28" in found[0] and "findings=1" in found[0], found
+    assert "jane" not in log
+
+
 MASTER_KEY = "pytest master key for the PII token key, long enough"
 
 

@@ -391,8 +391,20 @@ pub fn walk_response(api: Api, body: &mut Value, f: &mut Visit<'_>) {
 struct Tally {
     strictest: Option<Action>,
     blocked: Vec<Kind>,
-    notes: String,
+    /// The first [`MAX_NOTED`] findings to log, as they came; formatted only
+    /// when the log event is enabled (a `log` policy on prose meets dozens
+    /// of findings per call, and formatting them cost more than the scan's
+    /// numeric parsing).
+    notes: Vec<Note>,
     noted: usize,
+}
+
+struct Note {
+    field: usize,
+    kind: Kind,
+    action: Action,
+    start: usize,
+    end: usize,
 }
 
 /// At most this many findings are itemised in one log event.
@@ -406,25 +418,36 @@ impl Tally {
         }
         if action >= Action::Log {
             self.noted += 1;
-            if self.noted <= MAX_NOTED {
-                if !self.notes.is_empty() {
-                    self.notes.push_str(", ");
-                }
-                let _ = write!(
-                    self.notes,
-                    "{}:{} field {field} bytes {}..{}",
-                    f.kind.name(),
+            if self.notes.len() < MAX_NOTED {
+                self.notes.push(Note {
+                    field,
+                    kind: f.kind.clone(),
                     action,
-                    f.start,
-                    f.end
-                );
+                    start: f.start,
+                    end: f.end,
+                });
             }
         }
     }
 
     fn log(&self, agent: &AgentName, direction: Direction) {
-        if self.noted == 0 {
+        if self.noted == 0 || !tracing::enabled!(target: "pii", tracing::Level::INFO) {
             return;
+        }
+        let mut notes = String::new();
+        for (i, n) in self.notes.iter().enumerate() {
+            if i > 0 {
+                notes.push_str(", ");
+            }
+            let _ = write!(
+                notes,
+                "{}:{} field {} bytes {}..{}",
+                n.kind.name(),
+                n.action,
+                n.field,
+                n.start,
+                n.end
+            );
         }
         let more = self.noted.saturating_sub(MAX_NOTED);
         tracing::info!(
@@ -433,7 +456,7 @@ impl Tally {
             direction = ?direction,
             findings = self.noted,
             "PII found: {}{}",
-            self.notes,
+            notes,
             if more > 0 { format!(" (+{more} more)") } else { String::new() }
         );
     }
