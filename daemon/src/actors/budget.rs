@@ -24,6 +24,12 @@
 //!    then resolves the `settle` futures.
 //! 4. A [`Reservation`] dropped unsettled (client gone, upstream error) releases
 //!    its amount.
+//! 5. A commit that fails (a full disk) loses nothing: its settles stay
+//!    `pending` (held against the budget), their waiters are told they are not
+//!    durable yet, and the writer holds the writes and commits them, ahead of
+//!    anything newer, once a commit succeeds (tried every second, and once
+//!    more at shutdown). A `budget set`/`reset` whose commit fails is taken
+//!    back instead: its operator was told it failed.
 //!
 //! Why a lock and not an actor: an actor put two thread hand-offs (and their
 //! futex wake-ups) on every LLM call, which was most of the gateway's overhead.

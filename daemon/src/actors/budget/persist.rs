@@ -322,15 +322,44 @@ pub(super) fn spawn_writer(
         .spawn(move || {
             lower_priority();
             let mut last_commit: Option<std::time::Instant> = None;
-            while let Ok(first) = rx.recv() {
-                let mut batch = vec![first];
-                // Sleeping out the interval rather than waiting on the queue
-                // means the settles sent meanwhile wake nobody: they cost the
-                // gateway a queue push and nothing else.
-                if let Some(wait) = last_commit.map(|t| COMMIT_INTERVAL.saturating_sub(t.elapsed()))
-                    && !wait.is_zero()
-                {
-                    std::thread::sleep(wait);
+            // Settled costs whose commit failed (a full disk, say), kept in
+            // order and committed again before anything newer.
+            let mut held = Held::default();
+            loop {
+                let first = if held.ops.is_empty() {
+                    match rx.recv() {
+                        Ok(op) => Some(op),
+                        Err(_) => break,
+                    }
+                } else {
+                    match rx.recv_timeout(RETRY_INTERVAL) {
+                        Ok(op) => Some(op),
+                        Err(mpsc::RecvTimeoutError::Timeout) => None,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => {
+                            // Shutting down: one last try for what is held.
+                            let part = std::mem::take(&mut held.ops);
+                            if let Err(e) = write_batch(&store, next_seq, &part) {
+                                tracing::error!(
+                                    "budget ledger: {e}; {} settled costs could not be written before shutdown and are lost",
+                                    part.iter().filter(|o| o.event.is_some()).count()
+                                );
+                            }
+                            break;
+                        }
+                    }
+                };
+                let mut batch = std::mem::take(&mut held.ops);
+                if let Some(first) = first {
+                    batch.push(first);
+                    // Sleeping out the interval rather than waiting on the
+                    // queue means the settles sent meanwhile wake nobody:
+                    // they cost the gateway a queue push and nothing else.
+                    if let Some(wait) =
+                        last_commit.map(|t| COMMIT_INTERVAL.saturating_sub(t.elapsed()))
+                        && !wait.is_zero()
+                    {
+                        std::thread::sleep(wait);
+                    }
                 }
                 last_commit = Some(std::time::Instant::now());
                 while batch.len() < MAX_BATCH {
@@ -339,34 +368,150 @@ pub(super) fn spawn_writer(
                         Err(_) => break,
                     }
                 }
+                let mut failed: Option<String> = None;
                 for part in split_audited(batch) {
                     let writes = part.iter().any(|o| o.event.is_some() || o.row.is_some());
-                    let result = if writes {
-                        match write_batch(&store, next_seq, &part) {
+                    let audited = matches!(part.first(), Some(o) if matches!(o.done, Done::Info(_, _, Some(_), _)));
+                    // After a plain part failed, nothing later in the batch
+                    // is tried: committing it would put rows newer than
+                    // what is held, which the retry would then overwrite.
+                    // (An audited part that fails holds nothing back: it is
+                    // taken back, and the rest goes on.)
+                    let result = match (&failed, writes) {
+                        (Some(e), _) => Err(e.clone()),
+                        (None, false) => Ok(()),
+                        (None, true) => match write_batch(&store, next_seq, &part) {
                             Ok(n) => {
                                 next_seq += n;
                                 counters.commits.fetch_add(1, Ordering::Relaxed);
                                 counters.events.fetch_add(n, Ordering::Relaxed);
+                                held.recovered();
                                 Ok(())
                             }
                             Err(e) => {
-                                tracing::error!("budget ledger: {e}");
+                                if !audited {
+                                    failed = Some(e.clone());
+                                }
                                 Err(e)
                             }
-                        }
-                    } else {
-                        Ok(())
+                        },
                     };
-                    deliver(Committed {
-                        result,
-                        done: part.into_iter().map(|o| o.done).collect(),
-                    });
+                    let done = match result {
+                        Err(e) if !audited => {
+                            // Hold the writes and retry them; tell whoever
+                            // waits that they are not durable yet.
+                            let done = held.hold(part);
+                            held.failed(&e);
+                            deliver(Committed {
+                                result: Err(e),
+                                done,
+                            });
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::error!("budget ledger: {e}");
+                            Committed {
+                                result: Err(e),
+                                done: part.into_iter().map(|o| o.done).collect(),
+                            }
+                        }
+                        Ok(()) => Committed {
+                            result: Ok(()),
+                            done: part.into_iter().map(|o| o.done).collect(),
+                        },
+                    };
+                    deliver(done);
                 }
             }
             drop(store);
             let _ = exited.send(());
         })?;
     Ok(())
+}
+
+/// How soon writes held after a failed commit are tried again.
+const RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// Most operations held for retry; beyond, the oldest are dropped (logged):
+/// about 200 MB at worst.
+const MAX_HELD: usize = 1_000_000;
+
+/// Writes whose commit failed, held for the next one, and the failure streak
+/// (logged once when it starts, when writes are dropped, and when it ends).
+#[derive(Default)]
+struct Held {
+    ops: Vec<Op>,
+    since: Option<std::time::Instant>,
+    dropped: u64,
+}
+
+impl Held {
+    /// Keeps `part`'s writes for a retry and returns what to tell now: a
+    /// settle's waiter learns it is not durable yet, and its amount stays
+    /// pending until the retry commits it (then it moves to spent). A
+    /// `budget set`/`reset` is not retried: it fails and is taken back.
+    fn hold(&mut self, part: Vec<Op>) -> Vec<Done> {
+        let mut tell = Vec::with_capacity(part.len());
+        for op in part {
+            match op.done {
+                Done::Info(..) => tell.push(op.done),
+                Done::Spend(mut s) => {
+                    if let Some(reply) = s.reply.take() {
+                        tell.push(Done::Unit(reply));
+                    }
+                    self.ops.push(Op {
+                        done: Done::Spend(s),
+                        ..op
+                    });
+                }
+                Done::Unit(tx) => {
+                    tell.push(Done::Unit(tx));
+                    self.keep(Op {
+                        done: Done::Nothing,
+                        ..op
+                    });
+                }
+                Done::Nothing => self.keep(op),
+            }
+        }
+        if self.ops.len() > MAX_HELD {
+            let over = self.ops.len() - MAX_HELD;
+            self.ops.drain(..over);
+            self.dropped += over as u64;
+            tracing::error!(
+                "budget ledger: {over} held writes dropped (more than {MAX_HELD} waiting); their costs still count against budgets until the daemon restarts, but `ironctl costs` will not show them"
+            );
+        }
+        tell
+    }
+
+    fn keep(&mut self, op: Op) {
+        if op.event.is_some() || op.row.is_some() {
+            self.ops.push(op);
+        }
+    }
+
+    fn failed(&mut self, e: &str) {
+        if self.since.is_none() {
+            self.since = Some(std::time::Instant::now());
+            tracing::error!(
+                "budget ledger: {e}; settled costs are held in memory (they count against budgets) and written as soon as a commit succeeds, tried every {}s; they are lost if the daemon stops before then",
+                RETRY_INTERVAL.as_secs()
+            );
+        }
+    }
+
+    fn recovered(&mut self) {
+        if let Some(since) = self.since.take() {
+            tracing::warn!(
+                "budget ledger: commits succeed again after {:.1}s; the held costs are durable{}",
+                since.elapsed().as_secs_f64(),
+                match std::mem::take(&mut self.dropped) {
+                    0 => String::new(),
+                    n => format!(" ({n} writes were dropped meanwhile)"),
+                }
+            );
+        }
+    }
 }
 
 /// Splits a batch, in order, so that each audited operation (`budget set` or

@@ -1079,6 +1079,104 @@ fn bench_reserve_settle() {
     });
 }
 
+/// Replaces the events table by one of another type (`broken`), so that every
+/// commit carrying a settle fails as it would on a full disk, or puts the
+/// right one back (empty: the rows before the break go with it).
+fn retype_events(store: &Store, broken: bool) {
+    let right = redb::TableDefinition::<u64, &[u8]>::new("budget_events");
+    let wrong = redb::TableDefinition::<&str, &str>::new("budget_events");
+    let txn = store.begin_write().unwrap();
+    if broken {
+        txn.delete_table(right).unwrap();
+        txn.open_table(wrong).unwrap();
+    } else {
+        txn.delete_table(wrong).unwrap();
+        txn.open_table(right).unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+#[test]
+fn settles_whose_commit_fails_are_held_and_written_by_the_next_commit() {
+    run(async {
+        let w = World::new();
+        let store = Arc::new(Store::open(w.dir.path()).unwrap());
+        let h = BudgetHandle::start(
+            store.clone(),
+            vec![(name("a"), day("10"))],
+            section(),
+            w.clock.clone(),
+            Arc::new(|_| {}),
+        )
+        .unwrap();
+        spend(&h, "a", "1", "0.5").await;
+        retype_events(&store, true);
+        for _ in 0..3 {
+            let r = h.reserve(&name("a"), usd("1")).await.unwrap();
+            let e = h.settle(r, record("a", "0.25")).await.unwrap_err();
+            assert!(matches!(e, BudgetError::NotDurable { .. }), "{e}");
+        }
+        assert!(h.flush().await.is_err());
+        // Not durable, but held against the budget all the same.
+        let a = info(&h, "a").await;
+        assert_eq!(
+            (a.spent, a.reserved, a.remaining),
+            (usd("0.5"), usd("0.75"), Some(usd("8.75")))
+        );
+        // Once a commit can succeed, the held settles are written first.
+        retype_events(&store, false);
+        h.flush().await.unwrap();
+        let a = info(&h, "a").await;
+        assert_eq!(
+            (a.spent, a.reserved, a.calls),
+            (usd("1.25"), Micros::ZERO, 4)
+        );
+        let costs = h
+            .costs(CostsRequest {
+                by: CostsBy::Agent,
+                since: None,
+                agent: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!((costs.rows[0].calls, costs.total), (3, usd("0.75")));
+        shut(h).await;
+        drop(store);
+        // And they survive a restart.
+        let h = w.start(vec![(name("a"), day("10"))]);
+        let a = info(&h, "a").await;
+        assert_eq!((a.spent, a.calls), (usd("1.25"), 4));
+        shut(h).await;
+    });
+}
+
+#[test]
+fn writes_held_at_shutdown_get_one_last_try() {
+    run(async {
+        let w = World::new();
+        let store = Arc::new(Store::open(w.dir.path()).unwrap());
+        let h = BudgetHandle::start(
+            store.clone(),
+            vec![(name("a"), day("10"))],
+            section(),
+            w.clock.clone(),
+            Arc::new(|_| {}),
+        )
+        .unwrap();
+        spend(&h, "a", "1", "0.5").await;
+        retype_events(&store, true);
+        let r = h.reserve(&name("a"), usd("1")).await.unwrap();
+        assert!(h.settle(r, record("a", "0.25")).await.is_err());
+        retype_events(&store, false);
+        // No commit after the repair but the shutdown's own.
+        shut(h).await;
+        drop(store);
+        let h = w.start(vec![(name("a"), day("10"))]);
+        assert_eq!(info(&h, "a").await.spent, usd("0.75"));
+        shut(h).await;
+    });
+}
+
 /// `budget set`/`reset` with their audit entries: the ledger and the trail
 /// share one store, and each change commits with its entry.
 mod audited {
