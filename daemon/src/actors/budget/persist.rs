@@ -628,7 +628,61 @@ fn write_into(
 
 // --------------------------------------------------------------------- costs
 
-/// Aggregates the durable spend events for `ironctl costs`. Blocking (a scan).
+/// How far out of time order events may be (`at_ms` is when a call started,
+/// and a call settles when it ends, so a long call lands after shorter later
+/// ones; a wall clock set back does the same). `costs --since` starts its scan
+/// at the first event this much before `since` in sequence order.
+const SEEK_SLACK_MS: u64 = 86_400_000;
+
+fn decode_event(store: &Store, seq: u64, bytes: &[u8]) -> Result<StoredEvent, BudgetError> {
+    postcard::from_bytes(bytes).map_err(|e| BudgetError::Corrupt {
+        path: store.path().to_owned(),
+        what: format!("budget_events entry {seq}"),
+        reason: e.to_string(),
+    })
+}
+
+/// The first sequence number whose event is at or after `at_ms`, found by
+/// binary search on the (nearly) time-ordered sequence: O(log² n) reads, so
+/// `costs --since 1h` does not read months of history. The result is exact
+/// when events are in time order within [`SEEK_SLACK_MS`] (the caller seeks
+/// that much earlier, then filters each event by its own time).
+fn first_seq_at(
+    store: &Store,
+    events: &redb::ReadOnlyTable<u64, &[u8]>,
+    at_ms: u64,
+) -> Result<u64, BudgetError> {
+    let read = |e| store.err("read budget_events", e);
+    let (Some(first), Some(last)) = (
+        events.first().map_err(read)?.map(|(k, _)| k.value()),
+        events.last().map_err(read)?.map(|(k, _)| k.value()),
+    ) else {
+        return Ok(0);
+    };
+    let (mut lo, mut hi) = (first, last.saturating_add(1));
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        // The first event at or after `mid` (sequence numbers may have gaps).
+        let Some(item) = events.range(mid..hi).map_err(read)?.next() else {
+            hi = mid;
+            continue;
+        };
+        let (k, v) = item.map_err(read)?;
+        let t = match decode_event(store, k.value(), v.value())? {
+            StoredEvent::Spend(s) => s.at_ms,
+            StoredEvent::Reset(r) => r.at_ms,
+        };
+        if t < at_ms {
+            lo = k.value() + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(lo)
+}
+
+/// Aggregates the durable spend events for `ironctl costs`. Blocking (a scan
+/// of the events since `since`, or of all).
 pub(super) fn costs(store: &Store, req: &CostsRequest) -> Result<CostsReport, BudgetError> {
     let txn = store.begin_read()?;
     let events = match txn.open_table(EVENTS) {
@@ -644,18 +698,17 @@ pub(super) fn costs(store: &Store, req: &CostsRequest) -> Result<CostsReport, Bu
         Err(e) => return Err(store.err("open budget_events", e).into()),
     };
     let since_ms = req.since.map(|s| s.saturating_mul(1000));
+    let from = match since_ms {
+        Some(t) => first_seq_at(store, &events, t.saturating_sub(SEEK_SLACK_MS))?,
+        None => 0,
+    };
     let mut rows: HashMap<String, CostRow> = HashMap::new();
     for item in events
-        .iter()
+        .range(from..)
         .map_err(|e| store.err("read budget_events", e))?
     {
         let (k, v) = item.map_err(|e| store.err("read budget_events", e))?;
-        let ev: StoredEvent =
-            postcard::from_bytes(v.value()).map_err(|e| BudgetError::Corrupt {
-                path: store.path().to_owned(),
-                what: format!("budget_events entry {}", k.value()),
-                reason: e.to_string(),
-            })?;
+        let ev = decode_event(store, k.value(), v.value())?;
         let StoredEvent::Spend(s) = ev else { continue };
         if since_ms.is_some_and(|t| s.at_ms < t)
             || req.agent.as_ref().is_some_and(|a| *a != s.agent)

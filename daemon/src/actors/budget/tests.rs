@@ -1079,6 +1079,104 @@ fn bench_reserve_settle() {
     });
 }
 
+#[test]
+fn costs_since_seeks_and_misses_no_event_out_of_time_order() {
+    run(async {
+        let w = World::new();
+        let h = w.start(vec![(name("a"), None)]);
+        // 300 calls ten minutes apart; every seventh started 20 hours before
+        // it settled (a long call, or a clock set back), within the seek's
+        // slack; and a reset in the middle.
+        let mut calls = Vec::new();
+        for i in 0..300u64 {
+            let mut at_ms = T0_MS + i * 600_000;
+            if i % 7 == 3 {
+                at_ms -= 20 * 3_600_000;
+            }
+            let mut r = record("a", "0");
+            r.cost = Micros(i as i64 + 1);
+            r.at_ms = at_ms;
+            let res = h.reserve(&name("a"), Micros::ZERO).await.unwrap();
+            h.settle(res, r).await.unwrap();
+            calls.push((at_ms, Micros(i as i64 + 1)));
+            if i == 150 {
+                h.reset(name("a")).await.unwrap();
+            }
+        }
+        let first_s = (T0_MS - DAY_MS) / 1000;
+        for since in (first_s..first_s + 3 * 86_400).step_by(1_800) {
+            let want: Micros = calls
+                .iter()
+                .filter(|(at, _)| *at >= since * 1000)
+                .map(|(_, c)| *c)
+                .sum();
+            let n = calls.iter().filter(|(at, _)| *at >= since * 1000).count() as u64;
+            let got = h
+                .costs(CostsRequest {
+                    by: CostsBy::Agent,
+                    since: Some(since),
+                    agent: None,
+                })
+                .await
+                .unwrap();
+            assert_eq!(got.total, want, "since {since}");
+            assert_eq!(got.rows.first().map_or(0, |r| r.calls), n, "since {since}");
+        }
+        shut(h).await;
+    });
+}
+
+/// `ironctl costs` over a long history: `IRONCAGE_BENCH_EVENTS` calls (default
+/// 1,000,000), one per second, then the whole history, the last day and the
+/// last hour, best of three each.
+#[test]
+#[ignore = "benchmark; prints figures"]
+fn bench_costs() {
+    use std::time::{Duration, Instant};
+    let n: u64 = std::env::var("IRONCAGE_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    run(async move {
+        let w = World::new();
+        let h = w.start(vec![(name("a"), None)]);
+        let t = Instant::now();
+        for i in 0..n {
+            let mut r = record("a", "0.001");
+            r.at_ms = T0_MS + i * 1000;
+            r.model = format!("gpt-4o-{}", i % 8);
+            let res = h.reserve(&name("a"), Micros::ZERO).await.unwrap();
+            h.settle_detached(res, r);
+        }
+        h.flush().await.unwrap();
+        println!("{n} events written in {:.1?}", t.elapsed());
+        let end_s = (T0_MS + n * 1000) / 1000;
+        for (what, since) in [
+            ("all history", None),
+            ("--since 1 day", Some(end_s - 86_400)),
+            ("--since 1 hour", Some(end_s - 3_600)),
+        ] {
+            let mut best = Duration::MAX;
+            let mut calls = 0;
+            for _ in 0..3 {
+                let t = Instant::now();
+                let c = h
+                    .costs(CostsRequest {
+                        by: CostsBy::Model,
+                        since,
+                        agent: None,
+                    })
+                    .await
+                    .unwrap();
+                best = best.min(t.elapsed());
+                calls = c.rows.iter().map(|r| r.calls).sum::<u64>();
+            }
+            println!("costs {what:<15} {calls:>9} calls  {best:>10.1?}");
+        }
+        shut(h).await;
+    });
+}
+
 /// Replaces the events table by one of another type (`broken`), so that every
 /// commit carrying a settle fails as it would on a full disk, or puts the
 /// right one back (empty: the rows before the break go with it).
