@@ -54,11 +54,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$BIN/ironcage-mock-provider" --listen 127.0.0.1:0 --addr-file "$RUN/mock.addr" \
-    --openai-key sk-bench-real --threads 1 >/dev/null &
-MOCK_PID=$!
-for _ in $(seq 1 300); do [ -s "$RUN/mock.addr" ] && break; sleep 0.1; done
-MOCK=$(cat "$RUN/mock.addr")
+# shellcheck source=bench/mock.sh
+. bench/mock.sh
+start_mock
 
 # The daemon's CPU by thread over the whole run (warm-ups and both sides'
 # phases included, so read it as shares, not per-call figures): which of its

@@ -38,11 +38,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$BIN/ironcage-mock-provider" --listen 127.0.0.1:0 --addr-file "$RUN/mock.addr" \
-    --openai-key sk-bench-real --threads 1 >/dev/null &
-MOCK_PID=$!
-for _ in $(seq 1 300); do [ -s "$RUN/mock.addr" ] && break; sleep 0.1; done
-MOCK=$(cat "$RUN/mock.addr")
+# shellcheck source=bench/mock.sh
+. bench/mock.sh
+start_mock
 # nginx cannot listen on port 0: take a free port from the kernel.
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 

@@ -1194,21 +1194,34 @@ fn retype_events(store: &Store, broken: bool) {
     txn.commit().unwrap();
 }
 
+/// The ledger on `store` (the test keeps it to tamper with), agent `a` with
+/// $10 a day.
+fn start_on(store: &Arc<Store>, w: &World) -> BudgetHandle {
+    BudgetHandle::start(
+        store.clone(),
+        vec![(name("a"), day("10"))],
+        section(),
+        w.clock.clone(),
+        Arc::new(|_| {}),
+    )
+    .unwrap()
+}
+
+/// Agent `a` ($10 a day) with $0.50 spent durably, then the events table
+/// broken ([`retype_events`]); the store is returned to repair it.
+async fn broken_after_one_spend(w: &World) -> (Arc<Store>, BudgetHandle) {
+    let store = Arc::new(Store::open(w.dir.path()).unwrap());
+    let h = start_on(&store, w);
+    spend(&h, "a", "1", "0.5").await;
+    retype_events(&store, true);
+    (store, h)
+}
+
 #[test]
 fn settles_whose_commit_fails_are_held_and_written_by_the_next_commit() {
     run(async {
         let w = World::new();
-        let store = Arc::new(Store::open(w.dir.path()).unwrap());
-        let h = BudgetHandle::start(
-            store.clone(),
-            vec![(name("a"), day("10"))],
-            section(),
-            w.clock.clone(),
-            Arc::new(|_| {}),
-        )
-        .unwrap();
-        spend(&h, "a", "1", "0.5").await;
-        retype_events(&store, true);
+        let (store, h) = broken_after_one_spend(&w).await;
         for _ in 0..3 {
             let r = h.reserve(&name("a"), usd("1")).await.unwrap();
             let e = h.settle(r, record("a", "0.25")).await.unwrap_err();
@@ -1252,17 +1265,7 @@ fn settles_whose_commit_fails_are_held_and_written_by_the_next_commit() {
 fn writes_held_at_shutdown_get_one_last_try() {
     run(async {
         let w = World::new();
-        let store = Arc::new(Store::open(w.dir.path()).unwrap());
-        let h = BudgetHandle::start(
-            store.clone(),
-            vec![(name("a"), day("10"))],
-            section(),
-            w.clock.clone(),
-            Arc::new(|_| {}),
-        )
-        .unwrap();
-        spend(&h, "a", "1", "0.5").await;
-        retype_events(&store, true);
+        let (store, h) = broken_after_one_spend(&w).await;
         let r = h.reserve(&name("a"), usd("1")).await.unwrap();
         assert!(h.settle(r, record("a", "0.25")).await.is_err());
         retype_events(&store, false);
@@ -1307,14 +1310,7 @@ mod audited {
 
     fn start(store: &Arc<Store>, w: &World) -> (BudgetHandle, Secrets) {
         let secrets = Secrets::open(store.clone(), None, 3).unwrap();
-        let h = BudgetHandle::start(
-            store.clone(),
-            vec![(name("a"), day("10"))],
-            section(),
-            w.clock.clone(),
-            Arc::new(|_| {}),
-        )
-        .unwrap();
+        let h = start_on(store, w);
         h.set_audit(secrets.audit().clone());
         (h, secrets)
     }
