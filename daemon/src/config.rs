@@ -363,6 +363,9 @@ pub struct BudgetSection {
     pub alert_thresholds: Vec<u32>,
     /// argv run with the alert as JSON on stdin.
     pub alert_command: Option<Vec<String>>,
+    /// Days of per-call cost history (`ironctl costs`) to keep; `None`
+    /// keeps all. Budgets do not depend on it.
+    pub keep_cost_history_days: Option<u32>,
 }
 
 /// The whole validated configuration.
@@ -456,6 +459,7 @@ mod raw {
     pub struct Budget {
         pub alert_thresholds: Option<Spanned<Vec<u32>>>,
         pub alert_command: Option<Spanned<Vec<String>>>,
+        pub keep_cost_history_days: Option<Spanned<u32>>,
     }
 
     #[derive(Deserialize, Default)]
@@ -863,6 +867,15 @@ impl Config {
                     return Err(cx.at(c.span(), "alert_command is empty; give an argv array such as [\"/usr/local/bin/notify\"]"));
                 }
                 Some(c) => Some(c.into_inner()),
+            },
+            keep_cost_history_days: match raw.budget.keep_cost_history_days {
+                Some(d) if *d.get_ref() == 0 => {
+                    return Err(cx.at(
+                        d.span(),
+                        "keep_cost_history_days is 0; give at least 1, or leave it out to keep all cost history",
+                    ));
+                }
+                d => d.map(toml::Spanned::into_inner),
             },
         };
 
@@ -1284,6 +1297,25 @@ mod tests {
 
     fn parse(src: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("/etc/ironcage/test.toml"), src)
+    }
+
+    #[test]
+    fn cost_history_is_kept_whole_unless_a_number_of_days_is_given() {
+        let agent = "[[agent]]\nname = \"a\"\ncommand = [\"true\"]\n";
+        assert_eq!(parse(agent).unwrap().budget.keep_cost_history_days, None);
+        let c = parse(&format!(
+            "[budget]\nkeep_cost_history_days = 400\n\n{agent}"
+        ))
+        .unwrap();
+        assert_eq!(c.budget.keep_cost_history_days, Some(400));
+        let e = parse(&format!("[budget]\nkeep_cost_history_days = 0\n\n{agent}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("keep_cost_history_days is 0") && e.contains("test.toml:2:"),
+            "{e}"
+        );
+        assert!(parse(&format!("[budget]\nkeep_cost_history_days = -1\n\n{agent}")).is_err());
     }
 
     #[test]

@@ -10,8 +10,8 @@
 use super::alerts::{Alert, AlertQueue, Inflight};
 use super::ledger::Ledger;
 use super::persist::{
-    self, Committed, Counters, Done, Op, Override, ResetEvent, SpendDone, SpendEvent, StoredEvent,
-    Undo,
+    self, Committed, Counters, Done, Op, Override, ResetEvent, Retention, SpendDone, SpendEvent,
+    StoredEvent, Undo,
 };
 use super::{BudgetError, Clock, CostRecord, Refusal, WriterStats};
 use crate::audit::{Actor, AuditHandle, Draft};
@@ -23,6 +23,7 @@ use ironcage_shared::protocol::AuditOutcome;
 use ironcage_shared::protocol::{BudgetInfo, BudgetPeriod};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak, mpsc};
 use tokio::sync::oneshot;
 
@@ -34,6 +35,7 @@ pub(super) struct Core {
     alerts: AlertQueue,
     pub inflight: Arc<Inflight>,
     counters: Arc<Counters>,
+    retention: Arc<Retention>,
     path: PathBuf,
     audit: OnceLock<AuditHandle>,
 }
@@ -75,6 +77,10 @@ pub(super) fn start(
     let (exit_tx, exit_rx) = oneshot::channel();
     let inflight = Arc::new(Inflight::default());
     let counters = Arc::new(Counters::default());
+    let retention = Arc::new(Retention {
+        keep_ms: AtomicU64::new(0),
+        clock: clock.clone(),
+    });
     let core = Arc::new(Core {
         state: Mutex::new(State {
             ledgers,
@@ -88,6 +94,7 @@ pub(super) fn start(
         alerts: AlertQueue::start(inflight.clone()),
         inflight,
         counters: counters.clone(),
+        retention: retention.clone(),
         path: store.path().to_owned(),
         audit: OnceLock::new(),
     });
@@ -102,8 +109,16 @@ pub(super) fn start(
         Some(core) => core.committed(c),
         None => orphaned(c),
     });
-    persist::spawn_writer(store, rx, loaded.next_seq, counters, deliver, exit_tx)
-        .map_err(BudgetError::Thread)?;
+    persist::spawn_writer(
+        store,
+        rx,
+        loaded.next_seq,
+        counters,
+        retention,
+        deliver,
+        exit_tx,
+    )
+    .map_err(BudgetError::Thread)?;
     Ok(core)
 }
 
@@ -564,6 +579,12 @@ impl Core {
         st.thresholds.sort_unstable();
         st.thresholds.dedup();
         st.alert_command = section.alert_command;
+        self.retention.keep_ms.store(
+            section
+                .keep_cost_history_days
+                .map_or(0, |d| u64::from(d) * 86_400_000),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let wanted: HashSet<&AgentName> = agents.iter().map(|(n, _)| n).collect();
         for (name, l) in &mut st.ledgers {
             if !wanted.contains(name) {

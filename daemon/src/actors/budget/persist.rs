@@ -314,6 +314,7 @@ pub(super) fn spawn_writer(
     rx: mpsc::Receiver<Op>,
     mut next_seq: u64,
     counters: Arc<Counters>,
+    retention: Arc<Retention>,
     deliver: Box<dyn Fn(Committed) + Send>,
     exited: oneshot::Sender<()>,
 ) -> std::io::Result<()> {
@@ -325,6 +326,7 @@ pub(super) fn spawn_writer(
             // Settled costs whose commit failed (a full disk, say), kept in
             // order and committed again before anything newer.
             let mut held = Held::default();
+            let mut last_prune: Option<u64> = None;
             loop {
                 let first = if held.ops.is_empty() {
                     match rx.recv() {
@@ -422,11 +424,90 @@ pub(super) fn spawn_writer(
                     };
                     deliver(done);
                 }
+                let keep = retention.keep_ms.load(Ordering::Relaxed);
+                let now = retention.clock.now_ms();
+                if failed.is_none()
+                    && keep > 0
+                    && last_prune.is_none_or(|t| now.saturating_sub(t) >= PRUNE_EVERY_MS)
+                {
+                    last_prune = Some(now);
+                    match prune(&store, now.saturating_sub(keep)) {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(
+                            events = n,
+                            "budget ledger: cost history older than {} days pruned",
+                            keep / 86_400_000
+                        ),
+                        Err(e) => tracing::warn!("budget ledger: cannot prune cost history: {e}"),
+                    }
+                }
             }
             drop(store);
             let _ = exited.send(());
         })?;
     Ok(())
+}
+
+/// How long the writer keeps cost history (`[budget] keep_cost_history_days`,
+/// changed on reload), read by the writer after its commits.
+pub(super) struct Retention {
+    /// Milliseconds of history to keep; 0 keeps all.
+    pub keep_ms: AtomicU64,
+    pub clock: Arc<dyn super::Clock>,
+}
+
+/// Least time between two prunes of the cost history (the clock's time).
+const PRUNE_EVERY_MS: u64 = 3_600_000;
+/// Most events deleted in one transaction, so a first prune of a long
+/// history does not hold up the settles' commits for long.
+const PRUNE_CHUNK: u64 = 50_000;
+
+/// Deletes the events older than `before_ms` (spend and resets: `costs` and
+/// nothing else reads them; budgets live in the agents' rows), in chunks of
+/// [`PRUNE_CHUNK`]. What goes is found by the same seek as `costs --since`,
+/// a day early ([`SEEK_SLACK_MS`]): history is kept at least as long as
+/// asked, up to a day more. Returns how many went.
+fn prune(store: &Store, before_ms: u64) -> Result<u64, String> {
+    let cut = {
+        let txn = store.begin_read().map_err(|e| e.to_string())?;
+        let events = match txn.open_table(EVENTS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(store.err("open budget_events", e).to_string()),
+        };
+        first_seq_at(store, &events, before_ms.saturating_sub(SEEK_SLACK_MS))
+            .map_err(|e| e.to_string())?
+    };
+    let mut pruned = 0;
+    loop {
+        let txn = store.begin_write().map_err(|e| e.to_string())?;
+        let n = {
+            let mut events = txn
+                .open_table(EVENTS)
+                .map_err(|e| store.err("open budget_events", e).to_string())?;
+            let first = events
+                .first()
+                .map_err(|e| store.err("read budget_events", e).to_string())?
+                .map(|(k, _)| k.value());
+            let Some(first) = first.filter(|f| *f < cut) else {
+                break;
+            };
+            let end = cut.min(first.saturating_add(PRUNE_CHUNK));
+            let mut n = 0u64;
+            events
+                .retain_in(first..end, |_, _| {
+                    n += 1;
+                    false
+                })
+                .map_err(|e| store.err("prune budget_events", e).to_string())?;
+            n
+        };
+        store
+            .commit(txn, "prune budget events")
+            .map_err(|e| e.to_string())?;
+        pruned += n;
+    }
+    Ok(pruned)
 }
 
 /// How soon writes held after a failed commit are tried again.

@@ -44,6 +44,7 @@ fn section() -> BudgetSection {
     BudgetSection {
         alert_thresholds: vec![50, 80, 100],
         alert_command: None,
+        keep_cost_history_days: None,
     }
 }
 
@@ -545,6 +546,7 @@ fn alerts_fire_once_each_per_period_and_persist() {
         let sec = BudgetSection {
             alert_thresholds: vec![50, 80, 100],
             alert_command: Some(cmd),
+            keep_cost_history_days: None,
         };
         let agents = || vec![(name("a"), day("1")), (name("quiet"), None)];
         let h = w.start_with(agents(), sec.clone());
@@ -1173,6 +1175,67 @@ fn bench_costs() {
             }
             println!("costs {what:<15} {calls:>9} calls  {best:>10.1?}");
         }
+        shut(h).await;
+    });
+}
+
+#[test]
+fn cost_history_past_what_is_kept_is_pruned_and_budgets_keep_their_spend() {
+    run(async {
+        let w = World::new();
+        let agents = || {
+            vec![(
+                name("a"),
+                spec("100", BudgetPeriod::Total, OnExhausted::Refuse),
+            )]
+        };
+        let h = w.start(agents());
+        let calls = |h: &BudgetHandle| {
+            let h = h.clone();
+            async move {
+                let c = h
+                    .costs(CostsRequest {
+                        by: CostsBy::Agent,
+                        since: None,
+                        agent: None,
+                    })
+                    .await
+                    .unwrap();
+                (c.rows.first().map_or(0, |r| r.calls), c.total)
+            }
+        };
+        // Ten calls a day apart, at the clock's time.
+        for d in 0..10 {
+            w.clock.set(T0_MS + d * DAY_MS);
+            let mut r = record("a", "1");
+            r.at_ms = T0_MS + d * DAY_MS;
+            let res = h.reserve(&name("a"), Micros::ZERO).await.unwrap();
+            h.settle(res, r).await.unwrap();
+        }
+        h.flush().await.unwrap();
+        // Nothing configured: everything kept.
+        assert_eq!(calls(&h).await, (10, usd("10")));
+        // Reloaded with two days, an hour on: the next commit prunes what is
+        // older than two days plus the seek's day of slack (days 0-6 of
+        // 0-9; day 7 is kept as slack).
+        h.apply_config(
+            agents(),
+            BudgetSection {
+                keep_cost_history_days: Some(2),
+                ..section()
+            },
+        )
+        .await;
+        w.clock.advance(3_600_000);
+        spend(&h, "a", "1", "1").await;
+        h.flush().await.unwrap();
+        assert_eq!(calls(&h).await, (4, usd("4")));
+        // The budget is the agents' rows, not the history.
+        assert_eq!(info(&h, "a").await.spent, usd("11"));
+        shut(h).await;
+        let h = w.start(agents());
+        assert_eq!(info(&h, "a").await.spent, usd("11"));
+        assert_eq!(calls(&h).await, (4, usd("4")));
         shut(h).await;
     });
 }
