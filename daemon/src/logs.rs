@@ -20,9 +20,11 @@
 //! ([`AgentLogs::mask_secrets`]: at delivery, on rotation, on a channel read)
 //! are replaced by `[secret NAME]`, whatever they look like: a database
 //! password matches no PII pattern, and the daemon must not write it to the
-//! journal. Values shorter than [`MIN_MASKED_SECRET`] bytes are left alone
-//! (they would mask ordinary words and numbers), and a value cut by the
-//! [`MAX_LINE`] split is not recognised.
+//! journal. So are the forms a value takes when printed inside something
+//! else ([`printed_forms`]): percent-encoded (a password in a database URL),
+//! JSON-escaped, base64. Values shorter than [`MIN_MASKED_SECRET`] bytes are
+//! left alone (they would mask ordinary words and numbers), and a value cut
+//! by the [`MAX_LINE`] split is not recognised.
 
 use crate::secret::SecretString;
 use ironcage_shared::AgentName;
@@ -48,10 +50,11 @@ pub const MIN_MASKED_SECRET: usize = 6;
 /// Most secret values masked per agent; the oldest go first.
 const MAX_MASKED_SECRETS: usize = 256;
 
-/// The secret values masked out of one agent's output, longest first (so a
-/// value that contains another is replaced whole).
+/// The secret values masked out of one agent's output, each with its
+/// [`printed_forms`]; replaced longest first (so a value that contains
+/// another is replaced whole).
 #[derive(Default)]
-struct SecretValues(Vec<(String, SecretString)>);
+struct SecretValues(Vec<(String, Vec<SecretString>)>);
 
 impl std::fmt::Debug for SecretValues {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -65,8 +68,9 @@ impl SecretValues {
             if v.expose().len() < MIN_MASKED_SECRET {
                 continue;
             }
-            self.0.retain(|(_, old)| old != &v);
-            self.0.push((name, v));
+            self.0.retain(|(_, old)| old[0] != v);
+            let forms = printed_forms(v.expose());
+            self.0.push((name, forms));
         }
         if self.0.len() > MAX_MASKED_SECRETS {
             let extra = self.0.len() - MAX_MASKED_SECRETS;
@@ -74,12 +78,18 @@ impl SecretValues {
         }
     }
 
-    /// `line` with every known value replaced by `[secret NAME]`.
+    /// `line` with every known value (in any of its forms) replaced by
+    /// `[secret NAME]`.
     fn mask(&self, line: String) -> String {
-        if !self.0.iter().any(|(_, v)| line.contains(v.expose())) {
+        let found = |s: &SecretString| line.contains(s.expose());
+        if !self.0.iter().any(|(_, forms)| forms.iter().any(found)) {
             return line;
         }
-        let mut by_len: Vec<&(String, SecretString)> = self.0.iter().collect();
+        let mut by_len: Vec<(&str, &SecretString)> = self
+            .0
+            .iter()
+            .flat_map(|(name, forms)| forms.iter().map(move |f| (name.as_str(), f)))
+            .collect();
         by_len.sort_by_key(|(_, v)| std::cmp::Reverse(v.expose().len()));
         let mut out = line;
         for (name, v) in by_len {
@@ -89,6 +99,45 @@ impl SecretValues {
         }
         out
     }
+}
+
+/// `value` as printed by itself and inside other text: percent-encoded (as
+/// in a URL's password, RFC 3986 unreserved characters kept), JSON-escaped
+/// (inside a JSON string), and base64 in the standard and URL-safe
+/// alphabets (unpadded, so it also matches the padded form). The value
+/// first; forms equal to one already listed are left out.
+fn printed_forms(value: &str) -> Vec<SecretString> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    use std::fmt::Write as _;
+    let mut percent = String::with_capacity(value.len() * 3);
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            percent.push(char::from(b));
+        } else {
+            let _ = write!(percent, "%{b:02X}");
+        }
+    }
+    let quoted = zeroize::Zeroizing::new(serde_json::to_string(value).unwrap_or_default());
+    let json = quoted
+        .strip_prefix('"')
+        .and_then(|j| j.strip_suffix('"'))
+        .unwrap_or(value)
+        .to_owned();
+    let mut forms: Vec<SecretString> = Vec::with_capacity(5);
+    for f in [
+        value.to_owned(),
+        percent,
+        json,
+        STANDARD_NO_PAD.encode(value),
+        URL_SAFE_NO_PAD.encode(value),
+    ] {
+        let f = SecretString::new(f);
+        if !forms.contains(&f) {
+            forms.push(f);
+        }
+    }
+    forms
 }
 
 #[derive(Debug, Default)]
@@ -475,6 +524,38 @@ mod tests {
         assert!(rotated(&path, 1).exists());
         assert!(rotated(&path, FILE_KEEP).exists());
         assert!(!rotated(&path, FILE_KEEP + 1).exists());
+    }
+
+    #[tokio::test]
+    async fn a_secret_printed_inside_a_url_json_or_base64_is_masked_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = AgentLogs::new(AgentName::new("a").unwrap(), dir.path());
+        let password = "p@ss:w/rd\"1 x";
+        logs.mask_secrets([("db_password".to_owned(), SecretString::new(password.into()))]);
+        let input = [
+            "dsn postgres://app:p%40ss%3Aw%2Frd%221%20x@db:5432/app",
+            r#"config {"password":"p@ss:w/rd\"1 x","host":"db"}"#,
+            "basic cEBzczp3L3JkIjEgeA== and url-safe cEBzczp3L3JkIjEgeA",
+            "raw p@ss:w/rd\"1 x",
+        ]
+        .join("\n")
+            + "\n";
+        logs.clone().capture(input.as_bytes(), Stream::Stdout).await;
+        let texts: Vec<String> = logs.tail(4).0.into_iter().map(|l| l.line).collect();
+        assert_eq!(
+            texts,
+            [
+                "dsn postgres://app:[secret db_password]@db:5432/app",
+                r#"config {"password":"[secret db_password]","host":"db"}"#,
+                "basic [secret db_password]== and url-safe [secret db_password]",
+                "raw [secret db_password]",
+            ]
+        );
+        let file = std::fs::read_to_string(dir.path().join("a.log")).unwrap();
+        assert!(
+            !file.contains("p%40ss") && !file.contains("cEBzc"),
+            "{file}"
+        );
     }
 
     #[tokio::test]
