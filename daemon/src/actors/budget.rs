@@ -24,12 +24,15 @@
 //!    then resolves the `settle` futures.
 //! 4. A [`Reservation`] dropped unsettled (client gone, upstream error) releases
 //!    its amount.
-//! 5. A commit that fails (a full disk) loses nothing: its settles stay
-//!    `pending` (held against the budget), their waiters are told they are not
-//!    durable yet, and the writer holds the writes and commits them, ahead of
+//! 5. A commit that fails does not drop its settles: they stay `pending`
+//!    (held against the budget), their waiters are told they are not durable
+//!    yet, and the writer holds the writes and commits them, ahead of
 //!    anything newer, once a commit succeeds (tried every second, and once
 //!    more at shutdown). A `budget set`/`reset` whose commit fails is taken
-//!    back instead: its operator was told it failed.
+//!    back instead: its operator was told it failed. Limit: after an I/O
+//!    error (a full disk) redb refuses every write until the database is
+//!    reopened, so the held costs then last until the daemon is restarted
+//!    (logged: free space, then restart) and are lost with it.
 //!
 //! Why a lock and not an actor: an actor put two thread hand-offs (and their
 //! futex wake-ups) on every LLM call, which was most of the gateway's overhead.

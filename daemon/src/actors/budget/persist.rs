@@ -327,6 +327,7 @@ pub(super) fn spawn_writer(
             // order and committed again before anything newer.
             let mut held = Held::default();
             let mut last_prune: Option<u64> = None;
+            let (mut prune_more, mut pruned) = (false, 0u64);
             loop {
                 let first = if held.ops.is_empty() {
                     match rx.recv() {
@@ -334,7 +335,12 @@ pub(super) fn spawn_writer(
                         Err(_) => break,
                     }
                 } else {
-                    match rx.recv_timeout(RETRY_INTERVAL) {
+                    let due = held
+                        .last_try
+                        .map_or(std::time::Duration::ZERO, |t| {
+                            RETRY_INTERVAL.saturating_sub(t.elapsed())
+                        });
+                    match rx.recv_timeout(due) {
                         Ok(op) => Some(op),
                         Err(mpsc::RecvTimeoutError::Timeout) => None,
                         Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -350,6 +356,24 @@ pub(super) fn spawn_writer(
                         }
                     }
                 };
+                // While commits fail, what arrives joins what is held without
+                // a commit of its own until the next retry is due: a try
+                // costs the whole held batch.
+                if held.waiting() {
+                    let mut new: Vec<Op> = first.into_iter().collect();
+                    while new.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(op) => new.push(op),
+                            Err(_) => break,
+                        }
+                    }
+                    let done = held.hold(new);
+                    deliver(Committed {
+                        result: Err(held.reason.clone()),
+                        done,
+                    });
+                    continue;
+                }
                 let mut batch = std::mem::take(&mut held.ops);
                 if let Some(first) = first {
                     batch.push(first);
@@ -428,17 +452,29 @@ pub(super) fn spawn_writer(
                 let now = retention.clock.now_ms();
                 if failed.is_none()
                     && keep > 0
-                    && last_prune.is_none_or(|t| now.saturating_sub(t) >= PRUNE_EVERY_MS)
+                    && (prune_more
+                        || last_prune.is_none_or(|t| now.saturating_sub(t) >= PRUNE_EVERY_MS))
                 {
-                    last_prune = Some(now);
+                    if !prune_more {
+                        last_prune = Some(now);
+                    }
                     match prune(&store, now.saturating_sub(keep)) {
-                        Ok(0) => {}
-                        Ok(n) => tracing::info!(
-                            events = n,
-                            "budget ledger: cost history older than {} days pruned",
-                            keep / 86_400_000
-                        ),
-                        Err(e) => tracing::warn!("budget ledger: cannot prune cost history: {e}"),
+                        Ok((n, more)) => {
+                            pruned += n;
+                            prune_more = more;
+                            if !more && pruned > 0 {
+                                tracing::info!(
+                                    events = pruned,
+                                    "budget ledger: cost history older than {} days pruned",
+                                    keep / 86_400_000
+                                );
+                                pruned = 0;
+                            }
+                        }
+                        Err(e) => {
+                            prune_more = false;
+                            tracing::warn!("budget ledger: cannot prune cost history: {e}");
+                        }
                     }
                 }
             }
@@ -462,52 +498,50 @@ const PRUNE_EVERY_MS: u64 = 3_600_000;
 /// history does not hold up the settles' commits for long.
 const PRUNE_CHUNK: u64 = 50_000;
 
-/// Deletes the events older than `before_ms` (spend and resets: `costs` and
-/// nothing else reads them; budgets live in the agents' rows), in chunks of
-/// [`PRUNE_CHUNK`]. What goes is found by the same seek as `costs --since`,
-/// a day early ([`SEEK_SLACK_MS`]): history is kept at least as long as
-/// asked, up to a day more. Returns how many went.
-fn prune(store: &Store, before_ms: u64) -> Result<u64, String> {
+/// Deletes up to [`PRUNE_CHUNK`] of the events older than `before_ms` (spend
+/// and resets: `costs` and nothing else reads them; budgets live in the
+/// agents' rows), in one commit; the writer calls it again on its next pass
+/// while more are left, so settles' commits go in between. What goes is
+/// found by the same seek as `costs --since`, a day early
+/// ([`SEEK_SLACK_MS`]): history is kept at least as long as asked, up to a
+/// day more. Returns how many went and whether more are left.
+fn prune(store: &Store, before_ms: u64) -> Result<(u64, bool), String> {
     let cut = {
         let txn = store.begin_read().map_err(|e| e.to_string())?;
         let events = match txn.open_table(EVENTS) {
             Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok((0, false)),
             Err(e) => return Err(store.err("open budget_events", e).to_string()),
         };
         first_seq_at(store, &events, before_ms.saturating_sub(SEEK_SLACK_MS))
             .map_err(|e| e.to_string())?
     };
-    let mut pruned = 0;
-    loop {
-        let txn = store.begin_write().map_err(|e| e.to_string())?;
-        let n = {
-            let mut events = txn
-                .open_table(EVENTS)
-                .map_err(|e| store.err("open budget_events", e).to_string())?;
-            let first = events
-                .first()
-                .map_err(|e| store.err("read budget_events", e).to_string())?
-                .map(|(k, _)| k.value());
-            let Some(first) = first.filter(|f| *f < cut) else {
-                break;
-            };
-            let end = cut.min(first.saturating_add(PRUNE_CHUNK));
-            let mut n = 0u64;
-            events
-                .retain_in(first..end, |_, _| {
-                    n += 1;
-                    false
-                })
-                .map_err(|e| store.err("prune budget_events", e).to_string())?;
-            n
+    let txn = store.begin_write().map_err(|e| e.to_string())?;
+    let (n, more) = {
+        let mut events = txn
+            .open_table(EVENTS)
+            .map_err(|e| store.err("open budget_events", e).to_string())?;
+        let first = events
+            .first()
+            .map_err(|e| store.err("read budget_events", e).to_string())?
+            .map(|(k, _)| k.value());
+        let Some(first) = first.filter(|f| *f < cut) else {
+            return Ok((0, false));
         };
-        store
-            .commit(txn, "prune budget events")
-            .map_err(|e| e.to_string())?;
-        pruned += n;
-    }
-    Ok(pruned)
+        let end = cut.min(first.saturating_add(PRUNE_CHUNK));
+        let mut n = 0u64;
+        events
+            .retain_in(first..end, |_, _| {
+                n += 1;
+                false
+            })
+            .map_err(|e| store.err("prune budget_events", e).to_string())?;
+        (n, end < cut)
+    };
+    store
+        .commit(txn, "prune budget events")
+        .map_err(|e| e.to_string())?;
+    Ok((n, more))
 }
 
 /// How soon writes held after a failed commit are tried again.
@@ -522,6 +556,9 @@ const MAX_HELD: usize = 1_000_000;
 struct Held {
     ops: Vec<Op>,
     since: Option<std::time::Instant>,
+    /// When the last commit that failed was tried, and why it failed.
+    last_try: Option<std::time::Instant>,
+    reason: String,
     dropped: u64,
 }
 
@@ -565,6 +602,11 @@ impl Held {
         tell
     }
 
+    /// Whether writes are held and their next try is not due yet.
+    fn waiting(&self) -> bool {
+        !self.ops.is_empty() && self.last_try.is_some_and(|t| t.elapsed() < RETRY_INTERVAL)
+    }
+
     fn keep(&mut self, op: Op) {
         if op.event.is_some() || op.row.is_some() {
             self.ops.push(op);
@@ -572,16 +614,19 @@ impl Held {
     }
 
     fn failed(&mut self, e: &str) {
+        self.last_try = Some(std::time::Instant::now());
+        e.clone_into(&mut self.reason);
         if self.since.is_none() {
             self.since = Some(std::time::Instant::now());
             tracing::error!(
-                "budget ledger: {e}; settled costs are held in memory (they count against budgets) and written as soon as a commit succeeds, tried every {}s; they are lost if the daemon stops before then",
+                "budget ledger: {e}; settled costs are held in memory (they count against budgets) and written as soon as a commit succeeds, tried every {}s; they are lost if the daemon stops before then. After an I/O error (a full disk) the database refuses every write until ironcaged is restarted: free space, then restart it",
                 RETRY_INTERVAL.as_secs()
             );
         }
     }
 
     fn recovered(&mut self) {
+        self.last_try = None;
         if let Some(since) = self.since.take() {
             tracing::warn!(
                 "budget ledger: commits succeed again after {:.1}s; the held costs are durable{}",
