@@ -326,8 +326,7 @@ pub(super) fn spawn_writer(
             // Settled costs whose commit failed (a full disk, say), kept in
             // order and committed again before anything newer.
             let mut held = Held::default();
-            let mut last_prune: Option<u64> = None;
-            let (mut prune_more, mut pruned) = (false, 0u64);
+            let mut pruner = Pruner::default();
             loop {
                 let first = if held.ops.is_empty() {
                     match rx.recv() {
@@ -448,34 +447,8 @@ pub(super) fn spawn_writer(
                     };
                     deliver(done);
                 }
-                let keep = retention.keep_ms.load(Ordering::Relaxed);
-                let now = retention.clock.now_ms();
-                if failed.is_none()
-                    && keep > 0
-                    && (prune_more
-                        || last_prune.is_none_or(|t| now.saturating_sub(t) >= PRUNE_EVERY_MS))
-                {
-                    if !prune_more {
-                        last_prune = Some(now);
-                    }
-                    match prune(&store, now.saturating_sub(keep)) {
-                        Ok((n, more)) => {
-                            pruned += n;
-                            prune_more = more;
-                            if !more && pruned > 0 {
-                                tracing::info!(
-                                    events = pruned,
-                                    "budget ledger: cost history older than {} days pruned",
-                                    keep / 86_400_000
-                                );
-                                pruned = 0;
-                            }
-                        }
-                        Err(e) => {
-                            prune_more = false;
-                            tracing::warn!("budget ledger: cannot prune cost history: {e}");
-                        }
-                    }
+                if failed.is_none() {
+                    pruner.after_commit(&store, &retention);
                 }
             }
             drop(store);
@@ -542,6 +515,54 @@ fn prune(store: &Store, before_ms: u64) -> Result<(u64, bool), String> {
         .commit(txn, "prune budget events")
         .map_err(|e| e.to_string())?;
     Ok((n, more))
+}
+
+/// When the writer prunes cost history, and how far a prune in chunks got.
+#[derive(Default)]
+struct Pruner {
+    /// The clock's time of the last prune that started.
+    last: Option<u64>,
+    /// A prune left events to delete: the next pass goes on with it.
+    more: bool,
+    /// Events deleted by the prune under way (logged when it ends).
+    pruned: u64,
+}
+
+impl Pruner {
+    /// After a successful pass: one chunk of a prune, when one is due
+    /// ([`PRUNE_EVERY_MS`]) or under way, and history is limited at all.
+    fn after_commit(&mut self, store: &Store, retention: &Retention) {
+        let keep = retention.keep_ms.load(Ordering::Relaxed);
+        let now = retention.clock.now_ms();
+        let due = self.more
+            || self
+                .last
+                .is_none_or(|t| now.saturating_sub(t) >= PRUNE_EVERY_MS);
+        if keep == 0 || !due {
+            return;
+        }
+        if !self.more {
+            self.last = Some(now);
+        }
+        match prune(store, now.saturating_sub(keep)) {
+            Ok((n, more)) => {
+                self.pruned += n;
+                self.more = more;
+                if !more && self.pruned > 0 {
+                    tracing::info!(
+                        events = self.pruned,
+                        "budget ledger: cost history older than {} days pruned",
+                        keep / 86_400_000
+                    );
+                    self.pruned = 0;
+                }
+            }
+            Err(e) => {
+                self.more = false;
+                tracing::warn!("budget ledger: cannot prune cost history: {e}");
+            }
+        }
+    }
 }
 
 /// How soon writes held after a failed commit are tried again.

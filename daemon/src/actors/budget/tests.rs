@@ -114,6 +114,17 @@ async fn info(h: &BudgetHandle, agent: &str) -> BudgetInfo {
     h.show(Some(name(agent))).await.unwrap().remove(0)
 }
 
+/// `ironctl costs --by BY [--since SINCE]`, all agents.
+async fn costs(h: &BudgetHandle, by: CostsBy, since: Option<u64>) -> CostsReport {
+    h.costs(CostsRequest {
+        by,
+        since,
+        agent: None,
+    })
+    .await
+    .unwrap()
+}
+
 async fn spend(h: &BudgetHandle, agent: &str, reserve: &str, cost: &str) {
     let r = h.reserve(&name(agent), usd(reserve)).await.unwrap();
     h.settle(r, record(agent, cost)).await.unwrap();
@@ -284,14 +295,7 @@ fn unlimited_and_unknown_agents_are_metered() {
         let all = h.show(None).await.unwrap();
         assert_eq!(all.len(), 1, "only configured agents are listed");
         assert_eq!(info(&h, "stranger").await.spent, usd("0.5"));
-        let c = h
-            .costs(CostsRequest {
-                by: CostsBy::Agent,
-                since: None,
-                agent: None,
-            })
-            .await
-            .unwrap();
+        let c = costs(&h, CostsBy::Agent, None).await;
         assert_eq!(c.total, usd("13"));
         assert!(matches!(
             h.show(Some(name("nobody"))).await,
@@ -707,14 +711,7 @@ fn reset_zeroes_the_period_and_keeps_history() {
             (Micros::ZERO, 0, 0)
         );
         assert!(h.reserve(&name("a"), usd("1")).await.is_ok());
-        let c = h
-            .costs(CostsRequest {
-                by: CostsBy::Agent,
-                since: None,
-                agent: None,
-            })
-            .await
-            .unwrap();
+        let c = costs(&h, CostsBy::Agent, None).await;
         assert_eq!(c.total, usd("0.6"), "history stays");
         assert!(matches!(
             h.reset(name("ghost")).await,
@@ -1113,14 +1110,7 @@ fn costs_since_seeks_and_misses_no_event_out_of_time_order() {
                 .map(|(_, c)| *c)
                 .sum();
             let n = calls.iter().filter(|(at, _)| *at >= since * 1000).count() as u64;
-            let got = h
-                .costs(CostsRequest {
-                    by: CostsBy::Agent,
-                    since: Some(since),
-                    agent: None,
-                })
-                .await
-                .unwrap();
+            let got = costs(&h, CostsBy::Agent, Some(since)).await;
             assert_eq!(got.total, want, "since {since}");
             assert_eq!(got.rows.first().map_or(0, |r| r.calls), n, "since {since}");
         }
@@ -1162,14 +1152,7 @@ fn bench_costs() {
             let mut calls = 0;
             for _ in 0..3 {
                 let t = Instant::now();
-                let c = h
-                    .costs(CostsRequest {
-                        by: CostsBy::Model,
-                        since,
-                        agent: None,
-                    })
-                    .await
-                    .unwrap();
+                let c = costs(&h, CostsBy::Model, since).await;
                 best = best.min(t.elapsed());
                 calls = c.rows.iter().map(|r| r.calls).sum::<u64>();
             }
@@ -1193,14 +1176,7 @@ fn cost_history_past_what_is_kept_is_pruned_and_budgets_keep_their_spend() {
         let calls = |h: &BudgetHandle| {
             let h = h.clone();
             async move {
-                let c = h
-                    .costs(CostsRequest {
-                        by: CostsBy::Agent,
-                        since: None,
-                        agent: None,
-                    })
-                    .await
-                    .unwrap();
+                let c = costs(&h, CostsBy::Agent, None).await;
                 (c.rows.first().map_or(0, |r| r.calls), c.total)
             }
         };
@@ -1310,14 +1286,7 @@ fn settles_whose_commit_fails_are_held_and_written_by_the_next_commit() {
             (a.spent, a.reserved, a.calls),
             (usd("1.25"), Micros::ZERO, 4)
         );
-        let costs = h
-            .costs(CostsRequest {
-                by: CostsBy::Agent,
-                since: None,
-                agent: None,
-            })
-            .await
-            .unwrap();
+        let costs = costs(&h, CostsBy::Agent, None).await;
         assert_eq!((costs.rows[0].calls, costs.total), (3, usd("0.75")));
         shut(h).await;
         drop(store);
